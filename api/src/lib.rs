@@ -1,0 +1,1 @@
+//! kmm-api: placeholder replaced below.

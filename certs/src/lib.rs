@@ -1,0 +1,3 @@
+//! kmm-certs: certificates for kmm-rs.
+//!
+//! Webhook TLS (CA, serving certificate, caBundle patch, rotation) and module signing keys.

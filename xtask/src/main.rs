@@ -1,0 +1,2 @@
+//! Developer tasks of kmm-rs.
+fn main() {}
