@@ -89,8 +89,11 @@ fn dra(driver: &str, classes: &[&str]) -> DraSpec {
 
 type Mutation = fn(&mut Module);
 
+/// Expected violations: (path, message fragment).
+type Expected = &'static [(&'static str, &'static str)];
+
 /// (case, mutation, expected (path, message fragment) pairs, in order). An empty list means the Module is valid.
-const CASES: &[(&str, Mutation, &[(&str, &str)])] = &[
+const CASES: &[(&str, Mutation, Expected)] = &[
     ("the base module is valid", |_| {}, &[]),
     (
         "41 characters is the limit",
