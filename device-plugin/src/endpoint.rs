@@ -1,0 +1,322 @@
+//! One plugin endpoint per resource: a gRPC server on `<dir>/<socket>` registered with the kubelet.
+//!
+//! Lifecycle (one task per endpoint): serve first, then register (capped backoff while the kubelet is not up or
+//! refuses, logging its reason); then wait until the kubelet restarts (generation change) or the socket vanishes,
+//! stop the old server (its ListAndWatch streams end first), and start over. On stop the socket is removed.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::Server;
+use tracing::{debug, error, info, warn};
+
+use crate::api::device_plugin_server::DevicePluginServer;
+use crate::health::Readiness;
+use crate::inventory::ResourceView;
+use crate::kubelet::{self, KubeletError};
+use crate::metrics::Metrics;
+use crate::service::PluginService;
+use crate::unix;
+
+/// Prefix of the socket files this plugin owns in the device plugin directory.
+pub const SOCKET_PREFIX: &str = "kmm-";
+
+/// Timing of an endpoint.
+#[derive(Clone, Debug)]
+pub struct EndpointTiming {
+    /// How often the own socket is checked (directory events also wake the check).
+    pub poll: Duration,
+    /// Deadline of one Register call.
+    pub register_timeout: Duration,
+    /// First retry delay of a failed registration.
+    pub backoff_start: Duration,
+    /// Cap of the retry delay.
+    pub backoff_cap: Duration,
+}
+
+impl Default for EndpointTiming {
+    fn default() -> Self {
+        Self {
+            poll: Duration::from_millis(200),
+            register_timeout: Duration::from_secs(5),
+            backoff_start: Duration::from_millis(100),
+            backoff_cap: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The socket file name of `resource`: `kmm-<resource with / as _>.sock`, shortened with a hash when long (unix
+/// socket paths are limited to 107 bytes).
+pub fn socket_name(resource: &str) -> String {
+    let clean: String = resource
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if clean.len() <= 48 {
+        return format!("{SOCKET_PREFIX}{clean}.sock");
+    }
+    // FNV-1a: stable across builds and restarts.
+    let hash = resource.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let head: String = clean.chars().take(32).collect();
+    format!("{SOCKET_PREFIX}{head}-{hash:016x}.sock")
+}
+
+/// The kubelet-facing context shared by all endpoints.
+#[derive(Clone)]
+pub struct KubeletContext {
+    /// The device plugin directory.
+    pub dir: PathBuf,
+    /// Kubelet generation (changes when the kubelet restarts).
+    pub generation: watch::Receiver<u64>,
+    /// Wakes on directory events.
+    pub dir_events: watch::Receiver<u64>,
+    /// Timing.
+    pub timing: EndpointTiming,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Readiness (registered endpoints).
+    pub readiness: Readiness,
+}
+
+/// A running endpoint.
+pub struct Endpoint {
+    view: watch::Sender<Arc<ResourceView>>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Endpoint {
+    /// Starts serving and registering `view.resource`.
+    pub fn spawn(view: ResourceView, ctx: KubeletContext) -> Self {
+        let (view_tx, view_rx) = watch::channel(Arc::new(view));
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(view_rx, stop_rx, ctx));
+        Self {
+            view: view_tx,
+            stop,
+            task,
+        }
+    }
+
+    /// Publishes a new view; ListAndWatch streams send only when the device list changed.
+    pub fn update(&self, view: ResourceView) {
+        self.view.send_if_modified(|cur| {
+            if **cur == view {
+                false
+            } else {
+                *cur = Arc::new(view);
+                true
+            }
+        });
+    }
+
+    /// Stops the server, removes the socket and waits for the task.
+    pub async fn stop(self) {
+        self.stop.send_replace(true);
+        let _ = self.task.await;
+    }
+}
+
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+struct Serving {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+    identity: Option<(u64, u64)>,
+}
+
+impl Serving {
+    async fn shutdown(self) {
+        self.stop.send_replace(true);
+        let abort = self.task.abort_handle();
+        if tokio::time::timeout(Duration::from_millis(500), self.task)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
+    }
+}
+
+fn serve(
+    socket: &Path,
+    view: &watch::Receiver<Arc<ResourceView>>,
+    metrics: &Metrics,
+) -> Result<Serving, unix::UnixError> {
+    let incoming = unix::listen(socket)?;
+    let identity = identity(socket);
+    let (stop, stop_rx) = watch::channel(false);
+    let service = PluginService::new(view.clone(), stop_rx.clone(), metrics.clone());
+    let mut shutdown = stop_rx;
+    let task = tokio::spawn(
+        Server::builder()
+            .add_service(DevicePluginServer::new(service))
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = shutdown.wait_for(|s| *s).await;
+            }),
+    );
+    Ok(Serving {
+        stop,
+        task,
+        identity,
+    })
+}
+
+enum Next {
+    Restart,
+    Stop,
+}
+
+enum Registration {
+    Done,
+    ServeAgain,
+    Stop,
+}
+
+async fn run(
+    view: watch::Receiver<Arc<ResourceView>>,
+    mut stop: watch::Receiver<bool>,
+    mut ctx: KubeletContext,
+) {
+    let resource = view.borrow().resource.clone();
+    let name = socket_name(&resource);
+    let socket = ctx.dir.join(&name);
+    let mut backoff = ctx.timing.backoff_start;
+    loop {
+        ctx.readiness.set(&resource, false);
+        let serving = match serve(&socket, &view, &ctx.metrics) {
+            Ok(s) => s,
+            Err(e) => {
+                ctx.metrics.error("serve");
+                error!(resource = %resource, error = %e, "failed to serve the plugin endpoint; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+                backoff = (backoff * 2).min(ctx.timing.backoff_cap);
+                continue;
+            }
+        };
+        debug!(resource = %resource, socket = %socket.display(), "serving");
+        let next = match register_until_done(&resource, &name, &mut stop, &mut ctx).await {
+            Registration::Done => {
+                wait_for_restart(&socket, serving.identity, &mut stop, &mut ctx).await
+            }
+            Registration::ServeAgain => Next::Restart,
+            Registration::Stop => Next::Stop,
+        };
+        serving.shutdown().await;
+        match next {
+            Next::Stop => break,
+            Next::Restart => {
+                backoff = ctx.timing.backoff_start;
+                info!(resource = %resource, "re-serving and re-registering");
+            }
+        }
+    }
+    ctx.readiness.remove(&resource);
+    if std::fs::remove_file(&socket).is_ok() {
+        info!(resource = %resource, socket = %socket.display(), "removed plugin socket");
+    }
+}
+
+/// Registers until the kubelet accepts, a restarted kubelet wiped the socket meanwhile (serve again), or the endpoint
+/// stops.
+async fn register_until_done(
+    resource: &str,
+    name: &str,
+    stop: &mut watch::Receiver<bool>,
+    ctx: &mut KubeletContext,
+) -> Registration {
+    let mut backoff = ctx.timing.backoff_start;
+    ctx.generation.borrow_and_update();
+    loop {
+        match kubelet::register(&ctx.dir, name, resource, ctx.timing.register_timeout).await {
+            Ok(()) => {
+                ctx.metrics.registration(resource, true);
+                ctx.readiness.set(resource, true);
+                info!(resource = %resource, endpoint = %name, "registered with the kubelet");
+                return Registration::Done;
+            }
+            Err(KubeletError::ConnectToKubelet(e)) => {
+                debug!(resource = %resource, error = %e, "kubelet not reachable yet");
+            }
+            Err(e) => {
+                ctx.metrics.registration(resource, false);
+                ctx.metrics.error("register");
+                error!(resource = %resource, error = %e, retry_in_ms = backoff.as_millis() as u64, "registration failed");
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            changed = ctx.generation.changed() => {
+                if changed.is_err() { return Registration::Stop; }
+                // A new kubelet: it wiped our socket; serve again before registering.
+                if !socket_present(&ctx.dir.join(name)) { return Registration::ServeAgain; }
+            }
+            _ = stop.wait_for(|s| *s) => return Registration::Stop,
+        }
+        backoff = (backoff * 2).min(ctx.timing.backoff_cap);
+    }
+}
+
+fn socket_present(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok()
+}
+
+async fn wait_for_restart(
+    socket: &Path,
+    ours: Option<(u64, u64)>,
+    stop: &mut watch::Receiver<bool>,
+    ctx: &mut KubeletContext,
+) -> Next {
+    let mut tick = tokio::time::interval(ctx.timing.poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            changed = ctx.generation.changed() => {
+                if changed.is_err() { return Next::Stop; }
+                return Next::Restart;
+            }
+            _ = ctx.dir_events.changed() => {}
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return Next::Stop,
+        }
+        if identity(socket) != ours {
+            warn!(socket = %socket.display(), "plugin socket removed or replaced");
+            return Next::Restart;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn socket_names_are_short_and_stable() {
+        assert_eq!(socket_name("example.com/gpu"), "kmm-example.com_gpu.sock");
+        let long = format!("{}/x", "a".repeat(200));
+        let n = socket_name(&long);
+        assert_eq!(n, socket_name(&long));
+        assert!(n.len() < 64, "{n}");
+        assert_ne!(n, socket_name(&format!("{}/y", "a".repeat(200))));
+    }
+}

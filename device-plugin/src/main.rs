@@ -1,0 +1,14 @@
+//! `kmm-device-plugin`: see the library documentation.
+
+use clap::Parser;
+use kmm_device_plugin::cli::Cli;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    kmm_device_plugin::telemetry::init(cli.logging.log_format);
+    // kube uses rustls with ring; install it explicitly in case another provider is linked too.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    kmm_device_plugin::run(cli).await?;
+    Ok(())
+}
