@@ -1,0 +1,394 @@
+//! `AdmissionReview` (`admission.k8s.io/v1`) in and out.
+//!
+//! The request is parsed in two steps: the body as JSON, then the fields one by one, so that a request whose uid is
+//! readable always gets an answer carrying that uid (the API server treats a response with a missing or different
+//! uid as a webhook failure, not as a denial). Only a body without a readable uid is answered with HTTP 400.
+//! The response is written by hand: the patch is base64 (kube's `AdmissionResponse` serialises it as an array of
+//! numbers, kube-rs issue 1781).
+
+use base64::Engine as _;
+use serde_json::{Map, Value, json};
+
+/// The only AdmissionReview version served (`admissionReviewVersions: [v1]`).
+pub const API_VERSION: &str = "admission.k8s.io/v1";
+/// Kind of the review object.
+pub const KIND: &str = "AdmissionReview";
+
+/// Group, version and kind of the object under review.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Gvk {
+    /// API group (`""` for core).
+    pub group: String,
+    /// API version.
+    pub version: String,
+    /// Kind.
+    pub kind: String,
+}
+
+impl Gvk {
+    /// Whether this is `group/version, Kind=kind`.
+    pub fn is(&self, group: &str, version: &str, kind: &str) -> bool {
+        self.group == group && self.version == version && self.kind == kind
+    }
+}
+
+impl std::fmt::Display for Gvk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.group.is_empty() {
+            write!(f, "{}/{}", self.version, self.kind)
+        } else {
+            write!(f, "{}/{}/{}", self.group, self.version, self.kind)
+        }
+    }
+}
+
+/// The admission operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    /// CREATE.
+    Create,
+    /// UPDATE.
+    Update,
+    /// DELETE.
+    Delete,
+    /// CONNECT.
+    Connect,
+}
+
+impl Operation {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Create => "CREATE",
+            Self::Update => "UPDATE",
+            Self::Delete => "DELETE",
+            Self::Connect => "CONNECT",
+        }
+    }
+}
+
+/// A parsed admission request: what the handlers need, nothing more.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Request {
+    /// Request uid, echoed in the response.
+    pub uid: String,
+    /// Kind of the object.
+    pub kind: Gvk,
+    /// The operation.
+    pub operation: Operation,
+    /// Name of the object (empty on CREATE with generateName).
+    pub name: String,
+    /// Namespace of the request, if any.
+    pub namespace: Option<String>,
+    /// The new object (absent on DELETE).
+    pub object: Option<Value>,
+    /// The old object (UPDATE and DELETE).
+    pub old_object: Option<Value>,
+    /// The request will not be persisted.
+    pub dry_run: bool,
+}
+
+/// Why a body is not a usable AdmissionReview.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParseError {
+    /// The body is not JSON, or not a JSON object (HTTP 400).
+    #[error("failed to parse the AdmissionReview: {0}")]
+    Json(String),
+    /// No `request` object (HTTP 400).
+    #[error("AdmissionReview has no request")]
+    MissingRequest,
+    /// No readable `request.uid` (HTTP 400).
+    #[error("AdmissionReview request has no uid")]
+    MissingUid,
+    /// The uid is known but something else is wrong: answered with `allowed: false`, code 400.
+    #[error("invalid AdmissionReview request {uid}: {reason}")]
+    Invalid {
+        /// The request uid.
+        uid: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn str_field<'a>(map: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
+    map.get(key).and_then(Value::as_str)
+}
+
+/// Parses an AdmissionReview body.
+pub fn parse(body: &[u8]) -> Result<Request, ParseError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| ParseError::Json(e.to_string()))?;
+    let Value::Object(review) = value else {
+        return Err(ParseError::Json("the body is not a JSON object".to_owned()));
+    };
+    let Some(Value::Object(req)) = review.get("request") else {
+        return Err(ParseError::MissingRequest);
+    };
+    let uid = match str_field(req, "uid") {
+        Some(uid) if !uid.is_empty() => uid.to_owned(),
+        _ => return Err(ParseError::MissingUid),
+    };
+    let invalid = |reason: String| ParseError::Invalid {
+        uid: uid.clone(),
+        reason,
+    };
+
+    let api_version = str_field(&review, "apiVersion").unwrap_or("");
+    let kind = str_field(&review, "kind").unwrap_or("");
+    if api_version != API_VERSION || kind != KIND {
+        return Err(invalid(format!(
+            "expected apiVersion {API_VERSION} and kind {KIND}, got {api_version:?} and {kind:?}"
+        )));
+    }
+
+    let Some(Value::Object(gvk)) = req.get("kind") else {
+        return Err(invalid("request.kind is missing".to_owned()));
+    };
+    let gvk = Gvk {
+        group: str_field(gvk, "group").unwrap_or("").to_owned(),
+        version: str_field(gvk, "version").unwrap_or("").to_owned(),
+        kind: str_field(gvk, "kind").unwrap_or("").to_owned(),
+    };
+    if gvk.version.is_empty() || gvk.kind.is_empty() {
+        return Err(invalid(
+            "request.kind needs a version and a kind".to_owned(),
+        ));
+    }
+
+    let operation = match str_field(req, "operation") {
+        Some("CREATE") => Operation::Create,
+        Some("UPDATE") => Operation::Update,
+        Some("DELETE") => Operation::Delete,
+        Some("CONNECT") => Operation::Connect,
+        other => {
+            return Err(invalid(format!(
+                "request.operation must be CREATE, UPDATE, DELETE or CONNECT, got {other:?}"
+            )));
+        }
+    };
+
+    let object_field = |key: &str| -> Result<Option<Value>, ParseError> {
+        match req.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v @ Value::Object(_)) => Ok(Some(v.clone())),
+            Some(_) => Err(invalid(format!("request.{key} is not an object"))),
+        }
+    };
+    let object = object_field("object")?;
+    let old_object = object_field("oldObject")?;
+
+    Ok(Request {
+        kind: gvk,
+        operation,
+        name: str_field(req, "name").unwrap_or("").to_owned(),
+        namespace: str_field(req, "namespace")
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned),
+        object,
+        old_object,
+        dry_run: req.get("dryRun").and_then(Value::as_bool).unwrap_or(false),
+        uid,
+    })
+}
+
+/// The answer to one request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verdict {
+    /// Whether the request is admitted.
+    pub allowed: bool,
+    /// HTTP-like status code of a denial (403 for a rule violation, 400 for a malformed object).
+    pub code: u16,
+    /// Why it was denied.
+    pub message: Option<String>,
+    /// A JSON Patch to apply (only on allowed CREATE/UPDATE).
+    pub patch: Option<json_patch::Patch>,
+}
+
+impl Verdict {
+    /// Allowed, unchanged.
+    pub fn allow() -> Self {
+        Self {
+            allowed: true,
+            code: 200,
+            message: None,
+            patch: None,
+        }
+    }
+
+    /// Allowed, with a patch (an empty patch is omitted).
+    pub fn patch(patch: json_patch::Patch) -> Self {
+        Self {
+            patch: (!patch.0.is_empty()).then_some(patch),
+            ..Self::allow()
+        }
+    }
+
+    /// Denied by a rule (403 Forbidden).
+    pub fn deny(message: impl Into<String>) -> Self {
+        Self {
+            allowed: false,
+            code: 403,
+            message: Some(message.into()),
+            patch: None,
+        }
+    }
+
+    /// Denied because the request or its object is malformed (400 Bad Request).
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self {
+            allowed: false,
+            code: 400,
+            message: Some(message.into()),
+            patch: None,
+        }
+    }
+
+    /// A short word for logs and metrics: `allowed`, `patched` or `denied`.
+    pub fn label(&self) -> &'static str {
+        match (self.allowed, &self.patch) {
+            (false, _) => "denied",
+            (true, Some(_)) => "patched",
+            (true, None) => "allowed",
+        }
+    }
+}
+
+fn reason_for(code: u16) -> &'static str {
+    match code {
+        400 => "BadRequest",
+        403 => "Forbidden",
+        _ => "Unknown",
+    }
+}
+
+/// Serialises the AdmissionReview answering `uid` with `verdict`.
+pub fn response(uid: &str, verdict: &Verdict) -> Value {
+    let mut resp = json!({ "uid": uid, "allowed": verdict.allowed });
+    if !verdict.allowed || verdict.message.is_some() {
+        resp["status"] = json!({
+            "status": if verdict.allowed { "Success" } else { "Failure" },
+            "code": verdict.code,
+            "reason": reason_for(verdict.code),
+            "message": verdict.message.clone().unwrap_or_default(),
+        });
+    }
+    if let Some(patch) = &verdict.patch {
+        // Serialising a Patch (a Vec of plain enums with String/Value fields) cannot fail.
+        let bytes = serde_json::to_vec(patch).unwrap_or_default();
+        resp["patchType"] = json!("JSONPatch");
+        resp["patch"] = json!(base64::engine::general_purpose::STANDARD.encode(bytes));
+    }
+    json!({ "apiVersion": API_VERSION, "kind": KIND, "response": resp })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn review(request: Value) -> Vec<u8> {
+        serde_json::to_vec(&json!({"apiVersion": API_VERSION, "kind": KIND, "request": request}))
+            .unwrap()
+    }
+
+    fn base_request() -> Value {
+        json!({
+            "uid": "u-1",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "operation": "CREATE",
+            "namespace": "team",
+            "userInfo": {"username": "alice"},
+            "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "x-"}},
+            "oldObject": null,
+            "dryRun": true
+        })
+    }
+
+    #[test]
+    fn parses_a_pod_create() {
+        let req = parse(&review(base_request())).unwrap();
+        assert_eq!(req.uid, "u-1");
+        assert!(req.kind.is("", "v1", "Pod"));
+        assert_eq!(req.operation, Operation::Create);
+        assert_eq!(req.namespace.as_deref(), Some("team"));
+        assert_eq!(req.name, "");
+        assert!(req.object.is_some());
+        assert!(req.old_object.is_none());
+        assert!(req.dry_run);
+    }
+
+    #[test]
+    fn errors_without_uid_are_http_errors_and_with_uid_are_verdicts() {
+        type Check = fn(&ParseError) -> bool;
+        let cases: Vec<(Vec<u8>, Check)> = vec![
+            (b"{not json".to_vec(), |e| matches!(e, ParseError::Json(_))),
+            (b"[1,2]".to_vec(), |e| matches!(e, ParseError::Json(_))),
+            (b"{}".to_vec(), |e| *e == ParseError::MissingRequest),
+            (review(json!({"kind": {"version": "v1", "kind": "Pod"}})), |e| {
+                *e == ParseError::MissingUid
+            }),
+            (review(json!({"uid": 7})), |e| *e == ParseError::MissingUid),
+            (
+                serde_json::to_vec(&json!({"apiVersion": "admission.k8s.io/v1beta1", "kind": KIND, "request": base_request()}))
+                    .unwrap(),
+                |e| matches!(e, ParseError::Invalid { uid, reason } if uid == "u-1" && reason.contains("admission.k8s.io/v1beta1")),
+            ),
+            (
+                review({
+                    let mut r = base_request();
+                    r["operation"] = json!("PATCH");
+                    r
+                }),
+                |e| matches!(e, ParseError::Invalid { reason, .. } if reason.contains("PATCH")),
+            ),
+            (
+                review({
+                    let mut r = base_request();
+                    r["object"] = json!("a string");
+                    r
+                }),
+                |e| matches!(e, ParseError::Invalid { reason, .. } if reason.contains("request.object")),
+            ),
+            (
+                review({
+                    let mut r = base_request();
+                    r["kind"] = json!(3);
+                    r
+                }),
+                |e| matches!(e, ParseError::Invalid { reason, .. } if reason.contains("request.kind")),
+            ),
+        ];
+        for (i, (body, check)) in cases.iter().enumerate() {
+            let err = parse(body).unwrap_err();
+            assert!(check(&err), "case {i}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn response_carries_uid_status_and_base64_patch() {
+        let deny = response("u-9", &Verdict::deny("spec.x: bad"));
+        assert_eq!(deny["apiVersion"], API_VERSION);
+        assert_eq!(deny["kind"], KIND);
+        assert_eq!(deny["response"]["uid"], "u-9");
+        assert_eq!(deny["response"]["allowed"], false);
+        assert_eq!(deny["response"]["status"]["code"], 403);
+        assert_eq!(deny["response"]["status"]["message"], "spec.x: bad");
+        assert!(deny["response"].get("patch").is_none());
+
+        let patch: json_patch::Patch =
+            serde_json::from_value(json!([{"op": "add", "path": "/a~1b", "value": 1}])).unwrap();
+        let ok = response("u-9", &Verdict::patch(patch));
+        assert_eq!(ok["response"]["allowed"], true);
+        assert!(ok["response"].get("status").is_none());
+        assert_eq!(ok["response"]["patchType"], "JSONPatch");
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(ok["response"]["patch"].as_str().unwrap())
+            .unwrap();
+        let back: Value = serde_json::from_slice(&raw).unwrap();
+        assert_eq!(back, json!([{"op": "add", "path": "/a~1b", "value": 1}]));
+
+        let empty = response("u", &Verdict::patch(json_patch::Patch(vec![])));
+        assert!(empty["response"].get("patch").is_none());
+        assert!(empty["response"].get("patchType").is_none());
+    }
+}
