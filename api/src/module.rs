@@ -108,7 +108,9 @@ pub struct ModuleLoaderContainerSpec {
     pub modprobe: ModprobeSpec,
 
     /// Kernel mappings, tried in order; the first match wins.
-    #[schemars(length(min = 1))]
+    ///
+    /// Upstream's CRD says `minItems: 1`, yet upstream's own sample Module has `kernelMappings: []`; kmm-rs accepts
+    /// an empty list (such a Module targets no node) so that every upstream example applies unchanged.
     pub kernel_mappings: Vec<KernelMapping>,
 
     /// Default kmod image for mappings without one. Template variables are allowed.

@@ -121,7 +121,12 @@ fn module_crd_keeps_upstream_defaults_and_rules() {
         container["properties"]["modprobe"]["properties"]["dirName"]["default"],
         "/opt"
     );
-    assert_eq!(container["properties"]["kernelMappings"]["minItems"], 1);
+    // upstream says minItems 1 but ships a sample with `kernelMappings: []`: kmm-rs accepts it (see module.rs)
+    assert!(
+        container["properties"]["kernelMappings"]
+            .get("minItems")
+            .is_none()
+    );
     assert_eq!(
         spec["properties"]["imageRepoSecret"]["properties"]["name"]["default"],
         ""

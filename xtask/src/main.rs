@@ -1,2 +1,46 @@
-//! Developer tasks of kmm-rs.
-fn main() {}
+//! `cargo xtask`: the single entry point for kmm-rs developer tasks.
+//!
+//! - `codegen`: writes the CRDs generated from kmm-api's types into `manifests/crds/`;
+//! - `check`: fails when a committed generated file differs from what the code produces;
+//! - `demo`: the main job on an embedded default, no cluster needed;
+//! - `test`: the whole test suite, as CI runs it (installs what it needs on a fresh Debian machine);
+//! - `bench NAME`: benchmarks, each against a baseline measured side by side.
+
+mod codegen;
+mod demo;
+mod suite;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "kmm-rs developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate the CRDs into manifests/crds/ from the kmm-api types.
+    Codegen,
+    /// Fail when generated files are stale.
+    Check,
+    /// Validate every example Module and show kernel mappings resolved for real kernels.
+    Demo,
+    /// Run the whole test suite (fmt, clippy, generated files, manifests, tests), installing what it needs.
+    Test {
+        /// Skip installing system packages and Python wheels.
+        #[arg(long, env = "KMM_SKIP_INSTALL")]
+        skip_install: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Codegen => codegen::write(),
+        Command::Check => codegen::check(),
+        Command::Demo => demo::run(),
+        Command::Test { skip_install } => suite::run(skip_install),
+    }
+}

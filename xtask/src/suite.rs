@@ -1,0 +1,176 @@
+//! `cargo xtask test`: the whole suite, as CI runs it.
+//!
+//! 1. installs what the tests need on a fresh Debian machine (`tests/setup/install-deps.sh`: apt packages; pip:
+//!    `kubernetes-validate`), skipping what is present;
+//! 2. `cargo fmt --check`, `cargo clippy --workspace --all-targets -D warnings`;
+//! 3. generated files up to date (`cargo xtask check`);
+//! 4. manifests: `kubectl kustomize manifests/default` builds, every manifest passes `kubernetes-validate --strict`
+//!    for each Kubernetes version in [`KUBE_VERSIONS`], and the example Modules (ours and upstream's) pass the
+//!    generated CRD schemas;
+//! 5. `cargo test --workspace` (unit, router, qemu guest, registry and kubelet-simulator tests).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+use crate::codegen::{self, repo_root};
+
+/// Kubernetes versions the manifests are validated against (the webhook's matchConditions need 1.30+).
+const KUBE_VERSIONS: [&str; 2] = ["1.31.0", "1.34.0"];
+
+fn step(step: &str, cmd: &mut Command) -> Result<()> {
+    let started = Instant::now();
+    println!("==> {step}: {cmd:?}");
+    let status = cmd
+        .current_dir(repo_root())
+        .status()
+        .with_context(|| format!("failed to start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{step} failed ({status})");
+    }
+    println!("<== {step}: ok in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
+    if std::env::var_os("CARGO_TARGET_DIR").is_none()
+        && let Some(home) = std::env::var_os("HOME")
+    {
+        cmd.env(
+            "CARGO_TARGET_DIR",
+            PathBuf::from(home).join(".cache/kmm-rs/target"),
+        );
+    }
+    cmd
+}
+
+fn on_path(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program} >/dev/null 2>&1")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+pub fn run(skip_install: bool) -> Result<()> {
+    let started = Instant::now();
+    if !skip_install {
+        install()?;
+    }
+    step("fmt", cargo().args(["fmt", "--all", "--check"]))?;
+    step(
+        "clippy",
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    println!("==> generated files");
+    codegen::check()?;
+    manifests()?;
+    step(
+        "tests",
+        cargo().args(["test", "--workspace", "--no-fail-fast"]),
+    )?;
+    println!(
+        "all checks passed in {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn install() -> Result<()> {
+    let script = repo_root().join("tests/setup/install-deps.sh");
+    if script.is_file() {
+        step("system packages", Command::new("bash").arg(&script))?;
+    }
+    if !on_path("kubernetes-validate") {
+        step(
+            "python wheels",
+            Command::new("python3").args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "kubernetes-validate==1.37.0",
+            ]),
+        )?;
+    }
+    Ok(())
+}
+
+/// Every YAML file under `manifests/` that is a Kubernetes object (kustomizations excluded).
+fn manifest_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in
+        std::fs::read_dir(dir).with_context(|| format!("failed to read {}", dir.display()))?
+    {
+        let path = entry?.path();
+        if path.is_dir() {
+            manifest_files(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "yaml")
+            && path.file_name().is_some_and(|n| n != "kustomization.yaml")
+        {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn manifests() -> Result<()> {
+    let root = repo_root().join("manifests");
+    let mut files = Vec::new();
+    manifest_files(&root, &mut files)?;
+    files.sort();
+    let default = root.join("default");
+    if default.join("kustomization.yaml").is_file() {
+        let built =
+            std::env::temp_dir().join(format!("kmm-rs-kustomize-{}.yaml", std::process::id()));
+        let output = Command::new("kubectl")
+            .args(["kustomize"])
+            .arg(&default)
+            .output()
+            .context("failed to run kubectl kustomize (kubectl is on the machine image)")?;
+        if !output.status.success() {
+            bail!(
+                "kubectl kustomize manifests/default failed:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::fs::write(&built, &output.stdout)?;
+        println!(
+            "<== kubectl kustomize manifests/default: {} bytes",
+            output.stdout.len()
+        );
+        files.push(built);
+    }
+    // kubernetes-validate only warns about custom resources: check them against our CRD schemas, upstream's
+    // examples included, as the API server would before any webhook runs.
+    let mut custom_resources: Vec<PathBuf> = Vec::new();
+    manifest_files(&root.join("examples"), &mut custom_resources)?;
+    let upstream = repo_root().join("../shared/upstream-kmm/examples");
+    if upstream.is_dir() {
+        manifest_files(&upstream, &mut custom_resources)?;
+    }
+    step(
+        "custom resources against the generated CRD schemas",
+        Command::new("python3")
+            .arg("tests/setup/validate_crs.py")
+            .arg(root.join("crds"))
+            .args(&custom_resources),
+    )?;
+    for version in KUBE_VERSIONS {
+        step(
+            &format!("kubernetes-validate --strict (Kubernetes {version})"),
+            Command::new("kubernetes-validate")
+                .args(["--strict", "--quiet", "-k", version])
+                .args(&files),
+        )?;
+    }
+    Ok(())
+}
