@@ -1,0 +1,284 @@
+//! Finding modules and their dependencies like depmod/modprobe: an index of module files under
+//! `lib/modules/<kernel>/` (the kmod image first, then the host's tree), dependencies from `modules.dep` when
+//! present or from each module's `.modinfo depends`, and a deps-first load order.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use super::sysfs::{module_name_from_path, normalize};
+use crate::modinfo;
+
+/// Errors of dependency resolution.
+#[derive(Debug, Error)]
+pub enum DepsError {
+    #[error("failed to find module {module} under {dirs}")]
+    FindModule { module: String, dirs: String },
+    #[error("failed to resolve dependencies: cycle through {0}")]
+    ResolveCycle(String),
+    #[error("failed to read modinfo")]
+    ReadModinfo(#[source] modinfo::ModinfoError),
+    #[error("failed to read {path}")]
+    ReadModulesDep {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Module files by name, with dependencies.
+#[derive(Debug, Clone, Default)]
+pub struct ModuleIndex {
+    dirs: Vec<PathBuf>,
+    paths: BTreeMap<String, PathBuf>,
+    /// From modules.dep (names); modules missing here fall back to `.modinfo depends`.
+    dep_file: HashMap<String, Vec<String>>,
+    modinfo_cache: HashMap<String, Vec<String>>,
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<_> = rd.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    entries.sort();
+    for p in entries {
+        // Follow symlinks (kmod images link in-tree modules from /host/lib/modules).
+        if p.is_dir() {
+            walk(&p, out);
+        } else if module_name_from_path(&p).is_some() {
+            out.push(p);
+        }
+    }
+}
+
+/// Parses `modules.dep` (`kernel/a.ko: kernel/b.ko kernel/c.ko`, paths relative to `base` or absolute).
+pub fn parse_modules_dep(text: &str, base: &Path) -> Vec<(String, PathBuf, Vec<String>)> {
+    text.lines()
+        .filter_map(|line| {
+            let (module, deps) = line.split_once(':')?;
+            let module = module.trim();
+            let name = module_name_from_path(Path::new(module))?;
+            let path = if module.starts_with('/') {
+                PathBuf::from(module)
+            } else {
+                base.join(module)
+            };
+            let deps = deps
+                .split_whitespace()
+                .filter_map(|d| module_name_from_path(Path::new(d)))
+                .collect();
+            Some((name, path, deps))
+        })
+        .collect()
+}
+
+impl ModuleIndex {
+    /// Indexes the module trees `dirs` (earlier ones win for duplicate names). A `modules.dep` in a tree is used
+    /// for that tree's dependencies.
+    pub fn build(dirs: &[PathBuf]) -> Result<ModuleIndex, DepsError> {
+        let mut idx = ModuleIndex {
+            dirs: dirs.to_vec(),
+            ..ModuleIndex::default()
+        };
+        for dir in dirs {
+            let dep_path = dir.join("modules.dep");
+            if dep_path.is_file() {
+                let text = std::fs::read_to_string(&dep_path).map_err(|source| {
+                    DepsError::ReadModulesDep {
+                        path: dep_path.clone(),
+                        source,
+                    }
+                })?;
+                for (name, path, deps) in parse_modules_dep(&text, dir) {
+                    if !idx.paths.contains_key(&name) {
+                        idx.paths.insert(name.clone(), path);
+                        idx.dep_file.insert(name, deps);
+                    }
+                }
+            }
+            let mut files = Vec::new();
+            walk(dir, &mut files);
+            for f in files {
+                if let Some(name) = module_name_from_path(&f) {
+                    idx.paths.entry(name).or_insert(f);
+                }
+            }
+        }
+        Ok(idx)
+    }
+
+    /// The file of module `name`.
+    pub fn path(&self, name: &str) -> Result<&Path, DepsError> {
+        self.paths
+            .get(&normalize(name))
+            .map(PathBuf::as_path)
+            .ok_or_else(|| DepsError::FindModule {
+                module: name.to_string(),
+                dirs: self
+                    .dirs
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.paths.contains_key(&normalize(name))
+    }
+
+    /// Direct dependencies of `name`.
+    pub fn deps(&mut self, name: &str) -> Result<Vec<String>, DepsError> {
+        let name = normalize(name);
+        if let Some(d) = self.dep_file.get(&name) {
+            return Ok(d.clone());
+        }
+        if let Some(d) = self.modinfo_cache.get(&name) {
+            return Ok(d.clone());
+        }
+        let path = self.path(&name)?.to_path_buf();
+        let (_, info) = modinfo::read_modinfo(&path).map_err(DepsError::ReadModinfo)?;
+        let deps: Vec<String> = info.depends().iter().map(|d| normalize(d)).collect();
+        self.modinfo_cache.insert(name, deps.clone());
+        Ok(deps)
+    }
+
+    /// `name` and everything it depends on, dependencies first (depth-first post-order, like modprobe).
+    pub fn load_order(&mut self, name: &str) -> Result<Vec<String>, DepsError> {
+        let mut done = Vec::new();
+        let mut stack = Vec::new();
+        self.visit(&normalize(name), &mut stack, &mut done)?;
+        Ok(done)
+    }
+
+    fn visit(
+        &mut self,
+        name: &str,
+        stack: &mut Vec<String>,
+        done: &mut Vec<String>,
+    ) -> Result<(), DepsError> {
+        if done.iter().any(|d| d == name) {
+            return Ok(());
+        }
+        if stack.iter().any(|s| s == name) {
+            stack.push(name.to_string());
+            return Err(DepsError::ResolveCycle(stack.join(" -> ")));
+        }
+        stack.push(name.to_string());
+        for dep in self.deps(name)? {
+            self.visit(&dep, stack, done)?;
+        }
+        stack.pop();
+        done.push(name.to_string());
+        Ok(())
+    }
+}
+
+/// The modules to load for `--order a,b,c` and the target `module`: upstream's modulesLoadingOrder is rendered
+/// as `softdep a pre: b`, `softdep b pre: c`, so loading `a` first loads `c`, then `b`, then `a`. The target
+/// comes last (it is normally `a`); duplicates are dropped.
+pub fn softdep_sequence(order: &[String], module: &str) -> Vec<String> {
+    let mut seq: Vec<String> = Vec::new();
+    for m in order
+        .iter()
+        .rev()
+        .map(|m| normalize(m))
+        .chain(std::iter::once(normalize(module)))
+    {
+        if !seq.contains(&m) {
+            seq.push(m);
+        }
+    }
+    seq
+}
+
+/// The `/etc/modprobe.d/softdep.conf` text upstream renders for an order (kept for compatibility checks).
+pub fn softdep_conf(order: &[String]) -> String {
+    order
+        .windows(2)
+        .map(|w| format!("softdep {} pre: {}\n", w[0], w[1]))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use crate::elf::build_elf64;
+
+    fn module(dir: &Path, rel: &str, name: &str, depends: &str) {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        let modinfo = format!(
+            "license=GPL\0depends={depends}\0name={name}\0vermagic=6.1.0-56-amd64 SMP mod_unload \0"
+        );
+        std::fs::write(p, build_elf64(&[(".modinfo", modinfo.as_bytes())])).unwrap();
+    }
+
+    #[test]
+    fn orders_dependencies_first_from_modinfo() {
+        let t = tempfile::tempdir().unwrap();
+        let img = t.path().join("img");
+        let host = t.path().join("host");
+        module(&img, "extra/top.ko", "top", "mid-a,mid_b");
+        module(&img, "extra/mid-a.ko", "mid_a", "base");
+        module(&img, "extra/mid_b.ko", "mid_b", "base");
+        module(&host, "kernel/base.ko", "base", "");
+        module(&host, "kernel/top.ko", "top", "");
+        let mut idx = ModuleIndex::build(&[img.clone(), host.clone()]).unwrap();
+        assert_eq!(
+            idx.load_order("top").unwrap(),
+            vec!["base", "mid_a", "mid_b", "top"]
+        );
+        // The image's copy wins over the host's.
+        assert_eq!(idx.path("top").unwrap(), img.join("extra/top.ko"));
+        assert!(matches!(
+            idx.path("missing"),
+            Err(DepsError::FindModule { .. })
+        ));
+    }
+
+    #[test]
+    fn modules_dep_takes_precedence_and_cycles_are_errors() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().to_path_buf();
+        module(&dir, "a.ko", "a", "b");
+        module(&dir, "b.ko", "b", "");
+        std::fs::write(dir.join("modules.dep"), "a.ko: c.ko\nb.ko:\nc.ko: a.ko\n").unwrap();
+        module(&dir, "c.ko", "c", "");
+        let mut idx = ModuleIndex::build(&[dir]).unwrap();
+        assert_eq!(idx.deps("a").unwrap(), vec!["c"]);
+        assert_eq!(idx.load_order("b").unwrap(), vec!["b"]);
+        let err = idx.load_order("a").unwrap_err();
+        assert!(
+            matches!(err, DepsError::ResolveCycle(ref s) if s == "a -> c -> a"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn softdep_order_matches_upstream() {
+        let order: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        assert_eq!(softdep_sequence(&order, "a"), vec!["c", "b", "a"]);
+        assert_eq!(softdep_sequence(&[], "x-y"), vec!["x_y"]);
+        assert_eq!(softdep_conf(&order), "softdep a pre: b\nsoftdep b pre: c\n");
+    }
+
+    #[test]
+    fn parses_modules_dep_lines() {
+        let v = parse_modules_dep(
+            "kernel/x/a.ko.xz: kernel/y/b.ko /abs/c.ko\nbad line\n",
+            Path::new("/base"),
+        );
+        assert_eq!(
+            v,
+            vec![(
+                "a".into(),
+                PathBuf::from("/base/kernel/x/a.ko.xz"),
+                vec!["b".into(), "c".into()]
+            )]
+        );
+    }
+}
