@@ -74,15 +74,103 @@ pub fn run(skip_install: bool) -> Result<()> {
     println!("==> generated files");
     codegen::check()?;
     manifests()?;
-    step(
-        "tests",
-        cargo().args(["test", "--workspace", "--no-fail-fast"]),
-    )?;
+    let totals = tests()?;
     println!(
         "all checks passed in {:.0}s",
         started.elapsed().as_secs_f64()
     );
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
     Ok(())
+}
+
+#[derive(Default, Debug, PartialEq)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Totals {
+    /// Adds the counts of a libtest summary line: `test result: ok. 5 passed; 0 failed; 1 ignored; ...`.
+    fn add_summary(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(['.', ';']) {
+            let mut words = part.split_whitespace();
+            if let (Some(n), Some(what)) = (
+                words.next().and_then(|n| n.parse::<u64>().ok()),
+                words.next(),
+            ) {
+                match what {
+                    "passed" => self.passed += n,
+                    "failed" => self.failed += n,
+                    "ignored" => self.ignored += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// `cargo test --workspace`, streaming its output and adding up the summaries of every test binary.
+fn tests() -> Result<Totals> {
+    use std::io::{BufRead, BufReader};
+    let started = Instant::now();
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--no-fail-fast"])
+        .current_dir(repo_root());
+    println!("==> tests: {cmd:?}");
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("failed to start cargo test")?;
+    let mut totals = Totals::default();
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            println!("{line}");
+            totals.add_summary(&line);
+        }
+    }
+    let status = child.wait()?;
+    println!(
+        "<== tests: {:.1}s, {totals:?}",
+        started.elapsed().as_secs_f64()
+    );
+    if !status.success() || totals.failed > 0 {
+        println!(
+            "tests: {} passed, {} failed, {} skipped",
+            totals.passed, totals.failed, totals.ignored
+        );
+        bail!("tests failed ({status})");
+    }
+    Ok(totals)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::Totals;
+
+    #[test]
+    fn libtest_summaries_add_up() {
+        let mut t = Totals::default();
+        t.add_summary("test result: ok. 30 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.18s");
+        t.add_summary("test result: FAILED. 3 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1s");
+        t.add_summary("running 3 tests");
+        assert_eq!(
+            t,
+            Totals {
+                passed: 33,
+                failed: 1,
+                ignored: 2
+            }
+        );
+    }
 }
 
 fn install() -> Result<()> {
