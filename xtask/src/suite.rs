@@ -151,28 +151,6 @@ fn tests() -> Result<Totals> {
     Ok(totals)
 }
 
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-    use super::Totals;
-
-    #[test]
-    fn libtest_summaries_add_up() {
-        let mut t = Totals::default();
-        t.add_summary("test result: ok. 30 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.18s");
-        t.add_summary("test result: FAILED. 3 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1s");
-        t.add_summary("running 3 tests");
-        assert_eq!(
-            t,
-            Totals {
-                passed: 33,
-                failed: 1,
-                ignored: 2
-            }
-        );
-    }
-}
-
 fn install() -> Result<()> {
     let script = repo_root().join("tests/setup/install-deps.sh");
     if script.is_file() {
@@ -261,4 +239,26 @@ fn manifests() -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::Totals;
+
+    #[test]
+    fn libtest_summaries_add_up() {
+        let mut t = Totals::default();
+        t.add_summary("test result: ok. 30 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.18s");
+        t.add_summary("test result: FAILED. 3 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1s");
+        t.add_summary("running 3 tests");
+        assert_eq!(
+            t,
+            Totals {
+                passed: 33,
+                failed: 1,
+                ignored: 2
+            }
+        );
+    }
 }
