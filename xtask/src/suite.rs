@@ -47,9 +47,9 @@ fn cargo() -> Command {
     cmd
 }
 
-fn on_path(program: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {program} >/dev/null 2>&1")])
+fn python_has(module: &str) -> bool {
+    Command::new("python3")
+        .args(["-c", &format!("import {module}")])
         .status()
         .is_ok_and(|s| s.success())
 }
@@ -156,7 +156,7 @@ fn install() -> Result<()> {
     if script.is_file() {
         step("system packages", Command::new("bash").arg(&script))?;
     }
-    if !on_path("kubernetes-validate") {
+    if !python_has("kubernetes_validate") {
         step(
             "python wheels",
             Command::new("python3").args([
@@ -233,7 +233,8 @@ fn manifests() -> Result<()> {
     for version in KUBE_VERSIONS {
         step(
             &format!("kubernetes-validate --strict (Kubernetes {version})"),
-            Command::new("kubernetes-validate")
+            Command::new("python3")
+                .args(["-m", "kubernetes_validate"])
                 .args(["--strict", "--quiet", "-k", version])
                 .args(&files),
         )?;
