@@ -1,0 +1,13 @@
+//! kmod images without a container engine.
+//!
+//! - [`reference`]: image references (`host[:port]/repo:tag`, `@sha256:`, `oci:PATH[:TAG]`).
+//! - [`auth`]: credentials from a `.dockerconfigjson` pull secret.
+//! - [`extract`]: safe, whiteout-aware extraction of the module and firmware subtrees of layers.
+
+pub mod auth;
+pub mod extract;
+pub mod layout;
+pub mod manifest;
+pub mod pull;
+pub mod reference;
+pub mod registry;

@@ -1,0 +1,755 @@
+//! Safe extraction of selected subtrees of image layers (tar, tar+gzip, tar+zstd) into a target directory.
+//!
+//! Only entries under the selected image prefixes (e.g. `/opt/lib/modules/<kernel>` and the firmware
+//! directory) are written, each remapped to an output prefix. Layers are applied in order with OCI whiteouts
+//! (`.wh.NAME`, `.wh..wh..opq`). The extractor never follows a symlink while writing (every parent of a
+//! written path must be a real directory created by us), ignores ownership, and refuses:
+//! absolute paths and `..` components anywhere in a layer; device nodes and FIFOs, setuid/setgid bits,
+//! symlinks whose target leaves the extracted tree, hardlinks to anything outside it, files over the
+//! per-file limit, and layers whose total size, file count or decompressed stream size exceed the limits.
+//! Absolute symlinks into `/host/` (the KMM convention for reaching the host's in-tree modules) are skipped
+//! with a warning, since the loader resolves in-tree modules from the host itself.
+//! After the last layer [`Extractor::finish`] resolves every symlink physically and refuses any that
+//! escapes through a chain of links.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fmt;
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+/// Limits against decompression bombs and oversized content.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest single file written.
+    pub max_file_size: u64,
+    /// Sum of all file sizes written.
+    pub max_total_size: u64,
+    /// Number of files, directories and links written.
+    pub max_files: u64,
+    /// Decompressed bytes read from one layer, including entries that are not extracted.
+    pub max_layer_stream: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_file_size: 256 << 20,
+            max_total_size: 2 << 30,
+            max_files: 100_000,
+            max_layer_stream: 16 << 30,
+        }
+    }
+}
+
+/// Why an entry was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    AbsolutePath,
+    PathTraversal,
+    DeviceNode,
+    SetuidSetgid(u32),
+    SymlinkEscape(String),
+    HardlinkEscape(String),
+    ThroughSymlink,
+    FileTooLarge(u64),
+    TotalSizeExceeded(u64),
+    TooManyFiles(u64),
+    LayerStreamTooLarge(u64),
+    SymlinkLoop,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::AbsolutePath => write!(f, "absolute path"),
+            Refusal::PathTraversal => write!(f, "path contains '..'"),
+            Refusal::DeviceNode => write!(f, "device node or fifo"),
+            Refusal::SetuidSetgid(m) => write!(f, "setuid/setgid mode {m:o}"),
+            Refusal::SymlinkEscape(t) => {
+                write!(f, "symlink target {t:?} leaves the extracted tree")
+            }
+            Refusal::HardlinkEscape(t) => {
+                write!(f, "hardlink target {t:?} is outside the extracted tree")
+            }
+            Refusal::ThroughSymlink => write!(f, "a parent directory is a symlink"),
+            Refusal::FileTooLarge(l) => write!(f, "file larger than the limit of {l} bytes"),
+            Refusal::TotalSizeExceeded(l) => {
+                write!(f, "extracted size exceeds the limit of {l} bytes")
+            }
+            Refusal::TooManyFiles(l) => write!(f, "more than {l} files"),
+            Refusal::LayerStreamTooLarge(l) => {
+                write!(f, "layer decompresses to more than {l} bytes")
+            }
+            Refusal::SymlinkLoop => write!(f, "too many levels of symlinks"),
+        }
+    }
+}
+
+/// Errors from extracting layers.
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    #[error("refused entry {path:?} in layer {layer}: {reason}")]
+    RefuseEntry {
+        layer: String,
+        path: String,
+        reason: Refusal,
+    },
+    #[error("failed to read layer {layer}")]
+    ReadLayer {
+        layer: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to write {path}")]
+    WriteEntry {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Which part of the image goes where: image path prefix (absolute, e.g. `/opt/lib/modules/6.1`) to a
+/// relative output prefix (e.g. `lib/modules/6.1`; empty for the output root).
+#[derive(Clone, Debug)]
+pub struct Mapping {
+    image: Vec<Vec<u8>>,
+    out: PathBuf,
+}
+
+impl Mapping {
+    /// Builds a mapping; `image_prefix` is an absolute image path, `out_prefix` relative to the target.
+    pub fn new(image_prefix: &str, out_prefix: &str) -> Self {
+        Self {
+            image: image_prefix
+                .split('/')
+                .filter(|c| !c.is_empty() && *c != ".")
+                .map(|c| c.as_bytes().to_vec())
+                .collect(),
+            out: out_prefix
+                .split('/')
+                .filter(|c| !c.is_empty() && *c != ".")
+                .collect(),
+        }
+    }
+}
+
+/// Counters of one extraction.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub files: u64,
+    pub dirs: u64,
+    pub links: u64,
+    pub bytes: u64,
+    pub whiteouts: u64,
+    /// Absolute `/host/...` symlinks that were not created (image path, target).
+    pub skipped_host_links: Vec<(String, String)>,
+}
+
+/// Applies layers, in order, into `root`.
+pub struct Extractor {
+    root: PathBuf,
+    mappings: Vec<Mapping>,
+    limits: Limits,
+    stats: Stats,
+    layer_written: HashSet<PathBuf>,
+    layer: String,
+}
+
+const WH_PREFIX: &[u8] = b".wh.";
+const WH_OPAQUE: &[u8] = b".wh..wh..opq";
+
+/// Wraps a layer blob reader in the right decompressor, sniffing gzip and zstd magic bytes.
+pub fn decompress<'a, R: Read + 'a>(reader: R) -> io::Result<Box<dyn Read + 'a>> {
+    let mut br = BufReader::with_capacity(256 << 10, reader);
+    let head = br.fill_buf()?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Ok(Box::new(flate2::bufread::MultiGzDecoder::new(br)))
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Ok(Box::new(zstd::stream::read::Decoder::with_buffer(br)?))
+    } else {
+        Ok(Box::new(br))
+    }
+}
+
+struct Counting<R> {
+    inner: R,
+    n: u64,
+    limit: u64,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let k = self.inner.read(buf)?;
+        self.n += k as u64;
+        if self.n > self.limit {
+            return Err(io::Error::other(StreamLimit));
+        }
+        Ok(k)
+    }
+}
+
+#[derive(Debug)]
+struct StreamLimit;
+impl fmt::Display for StreamLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("layer stream limit")
+    }
+}
+impl std::error::Error for StreamLimit {}
+
+/// Splits a tar path into normal components, refusing absolute paths and `..`.
+fn components(raw: &[u8]) -> Result<Vec<Vec<u8>>, Refusal> {
+    if raw.starts_with(b"/") {
+        return Err(Refusal::AbsolutePath);
+    }
+    let mut out = Vec::new();
+    for c in raw.split(|b| *b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => return Err(Refusal::PathTraversal),
+            c => out.push(c.to_vec()),
+        }
+    }
+    Ok(out)
+}
+
+fn join(base: &Path, comps: &[Vec<u8>]) -> PathBuf {
+    let mut p = base.to_path_buf();
+    for c in comps {
+        p.push(OsStr::from_bytes(c));
+    }
+    p
+}
+
+/// Lexically normalises `base` + `rel` (both component lists); `None` when `..` climbs above the root.
+fn lexical_join(base: &[Vec<u8>], rel: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let mut out: Vec<Vec<u8>> = base.to_vec();
+    for c in rel.split(|b| *b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                out.pop()?;
+            }
+            c => out.push(c.to_vec()),
+        }
+    }
+    Some(out)
+}
+
+/// Relative path from directory `from` to `to` (both relative to the same root).
+fn relative(from: &Path, to: &Path) -> PathBuf {
+    let f: Vec<_> = from.components().collect();
+    let t: Vec<_> = to.components().collect();
+    let common = f.iter().zip(&t).take_while(|(a, b)| a == b).count();
+    let mut p = PathBuf::new();
+    for _ in common..f.len() {
+        p.push("..");
+    }
+    for c in &t[common..] {
+        p.push(c.as_os_str());
+    }
+    if p.as_os_str().is_empty() {
+        p.push(".");
+    }
+    p
+}
+
+impl Extractor {
+    /// An extractor writing into `root` (which must exist and be empty or hold earlier layers).
+    pub fn new(root: &Path, mappings: Vec<Mapping>, limits: Limits) -> Self {
+        Self {
+            root: root.to_path_buf(),
+            mappings,
+            limits,
+            stats: Stats::default(),
+            layer_written: HashSet::new(),
+            layer: String::new(),
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    fn refuse(&self, path: &[u8], reason: Refusal) -> ExtractError {
+        ExtractError::RefuseEntry {
+            layer: self.layer.clone(),
+            path: String::from_utf8_lossy(path).into_owned(),
+            reason,
+        }
+    }
+
+    fn write_err(&self, rel: &Path, source: io::Error) -> ExtractError {
+        ExtractError::WriteEntry {
+            path: self.root.join(rel),
+            source,
+        }
+    }
+
+    /// Maps an image path to its output path (relative to root), if selected.
+    fn map(&self, comps: &[Vec<u8>]) -> Option<PathBuf> {
+        self.mappings
+            .iter()
+            .find(|m| comps.starts_with(&m.image))
+            .map(|m| join(&m.out, &comps[m.image.len()..]))
+    }
+
+    /// Output prefixes of mappings whose image prefix lies at or under `comps`.
+    fn covered(&self, comps: &[Vec<u8>]) -> Vec<PathBuf> {
+        self.mappings
+            .iter()
+            .filter(|m| m.image.starts_with(comps))
+            .map(|m| m.out.clone())
+            .collect()
+    }
+
+    /// True when every existing ancestor of `rel` (below root) is a real directory.
+    fn parents_are_dirs(&self, rel: &Path) -> io::Result<bool> {
+        let mut p = self.root.clone();
+        let comps: Vec<_> = rel.components().collect();
+        for c in comps.iter().take(comps.len().saturating_sub(1)) {
+            p.push(c.as_os_str());
+            match fs::symlink_metadata(&p) {
+                Ok(m) if m.file_type().is_dir() => {}
+                Ok(_) => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Creates the parents of `rel` as real directories, refusing to pass through a symlink.
+    fn make_parents(&mut self, raw: &[u8], rel: &Path) -> Result<(), ExtractError> {
+        let mut p = self.root.clone();
+        let mut r = PathBuf::new();
+        let comps: Vec<_> = rel.components().collect();
+        for c in comps.iter().take(comps.len().saturating_sub(1)) {
+            p.push(c.as_os_str());
+            r.push(c.as_os_str());
+            match fs::symlink_metadata(&p) {
+                Ok(m) if m.file_type().is_dir() => {}
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(self.refuse(raw, Refusal::ThroughSymlink));
+                }
+                Ok(_) => {
+                    // A file from a lower layer is replaced by a directory, as overlayfs would show it.
+                    fs::remove_file(&p).map_err(|e| self.write_err(&r, e))?;
+                    self.mkdir(raw, &r, 0o755)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => self.mkdir(raw, &r, 0o755)?,
+                Err(e) => return Err(self.write_err(&r, e)),
+            }
+            self.layer_written.insert(r.clone());
+        }
+        Ok(())
+    }
+
+    fn count(&mut self, raw: &[u8]) -> Result<(), ExtractError> {
+        if self.stats.files + self.stats.dirs + self.stats.links >= self.limits.max_files {
+            return Err(self.refuse(raw, Refusal::TooManyFiles(self.limits.max_files)));
+        }
+        Ok(())
+    }
+
+    fn mkdir(&mut self, raw: &[u8], rel: &Path, mode: u32) -> Result<(), ExtractError> {
+        self.count(raw)?;
+        fs::DirBuilder::new()
+            .mode((mode & 0o755) | 0o700)
+            .create(self.root.join(rel))
+            .map_err(|e| self.write_err(rel, e))?;
+        self.stats.dirs += 1;
+        Ok(())
+    }
+
+    /// Removes whatever is at `rel` (never following a symlink).
+    fn remove(&self, rel: &Path) -> Result<(), ExtractError> {
+        let p = self.root.join(rel);
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_dir() => {
+                fs::remove_dir_all(&p).map_err(|e| self.write_err(rel, e))
+            }
+            Ok(_) => fs::remove_file(&p).map_err(|e| self.write_err(rel, e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.write_err(rel, e)),
+        }
+    }
+
+    /// Removes the content of directory `rel` that lower layers wrote (opaque whiteout semantics).
+    fn clear_lower(&self, rel: &Path) -> Result<(), ExtractError> {
+        let p = self.root.join(rel);
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_dir() => {}
+            Ok(_) if !self.layer_written.contains(rel) => return self.remove(rel),
+            _ => return Ok(()),
+        }
+        let rd = fs::read_dir(&p).map_err(|e| self.write_err(rel, e))?;
+        for ent in rd {
+            let ent = ent.map_err(|e| self.write_err(rel, e))?;
+            let child = rel.join(ent.file_name());
+            if self.layer_written.contains(&child) {
+                let is_dir = ent
+                    .file_type()
+                    .map_err(|e| self.write_err(&child, e))?
+                    .is_dir();
+                if is_dir {
+                    self.clear_lower(&child)?;
+                }
+            } else {
+                self.remove(&child)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn whiteout(&mut self, raw: &[u8], comps: &[Vec<u8>]) -> Result<bool, ExtractError> {
+        let Some((name, dir)) = comps.split_last() else {
+            return Ok(false);
+        };
+        if name.as_slice() == WH_OPAQUE {
+            self.stats.whiteouts += 1;
+            let mut targets: Vec<PathBuf> = self.map(dir).into_iter().collect();
+            targets.extend(self.covered(dir));
+            for t in targets {
+                if self
+                    .parents_are_dirs(&t)
+                    .map_err(|e| self.write_err(&t, e))?
+                {
+                    self.clear_lower(&t)?;
+                }
+            }
+            return Ok(true);
+        }
+        let Some(hidden) = name.strip_prefix(WH_PREFIX) else {
+            return Ok(false);
+        };
+        self.stats.whiteouts += 1;
+        if hidden.is_empty() || hidden == b"." || hidden == b".." {
+            return Err(self.refuse(raw, Refusal::PathTraversal));
+        }
+        let mut target = dir.to_vec();
+        target.push(hidden.to_vec());
+        if let Some(t) = self.map(&target)
+            && !self.layer_written.contains(&t)
+            && self
+                .parents_are_dirs(&t)
+                .map_err(|e| self.write_err(&t, e))?
+        {
+            self.remove(&t)?;
+        }
+        for t in self.covered(&target) {
+            if self
+                .parents_are_dirs(&t)
+                .map_err(|e| self.write_err(&t, e))?
+            {
+                self.clear_lower(&t)?;
+            }
+        }
+        Ok(true)
+    }
+
+    fn mark_written(&mut self, rel: &Path) {
+        let mut p = rel.to_path_buf();
+        loop {
+            if !self.layer_written.insert(p.clone()) {
+                break;
+            }
+            if !p.pop() || p.as_os_str().is_empty() {
+                break;
+            }
+        }
+    }
+
+    /// Resolves a symlink's target (as written in the image) to an output path, relative to the link's
+    /// parent directory. `Ok(None)` means "skip" (a `/host/` link).
+    fn link_target(
+        &mut self,
+        raw: &[u8],
+        comps: &[Vec<u8>],
+        out: &Path,
+        target: &[u8],
+    ) -> Result<Option<PathBuf>, ExtractError> {
+        let target_str = String::from_utf8_lossy(target).into_owned();
+        let image_target = if target.starts_with(b"/") {
+            lexical_join(&[], target)
+        } else {
+            lexical_join(&comps[..comps.len().saturating_sub(1)], target)
+        };
+        let mapped = image_target.as_ref().and_then(|t| self.map(t));
+        match mapped {
+            Some(t) => {
+                let parent = out.parent().unwrap_or(Path::new(""));
+                Ok(Some(relative(parent, &t)))
+            }
+            None if target.starts_with(b"/host/") => {
+                tracing::warn!(
+                    layer = %self.layer,
+                    path = %String::from_utf8_lossy(raw),
+                    target = %target_str,
+                    "skipping symlink into /host (the loader resolves host modules itself)"
+                );
+                self.stats
+                    .skipped_host_links
+                    .push((String::from_utf8_lossy(raw).into_owned(), target_str));
+                Ok(None)
+            }
+            None => Err(self.refuse(raw, Refusal::SymlinkEscape(target_str))),
+        }
+    }
+
+    /// Applies one layer (a tar stream, possibly compressed). `name` identifies it in errors (its digest).
+    pub fn apply_layer<R: Read>(&mut self, name: &str, reader: R) -> Result<(), ExtractError> {
+        self.layer = name.to_owned();
+        self.layer_written.clear();
+        let read_err = |layer: &str, source: io::Error| {
+            if source.get_ref().is_some_and(|e| e.is::<StreamLimit>()) {
+                return None;
+            }
+            Some(ExtractError::ReadLayer {
+                layer: layer.to_owned(),
+                source,
+            })
+        };
+        let stream_limit = self.limits.max_layer_stream;
+        let limit_err = |s: &Self| ExtractError::RefuseEntry {
+            layer: s.layer.clone(),
+            path: String::new(),
+            reason: Refusal::LayerStreamTooLarge(stream_limit),
+        };
+        let dec =
+            decompress(reader).map_err(|e| read_err(name, e).unwrap_or_else(|| limit_err(self)))?;
+        let counting = Counting {
+            inner: dec,
+            n: 0,
+            limit: stream_limit,
+        };
+        let mut archive = tar::Archive::new(counting);
+        let entries = archive
+            .entries()
+            .map_err(|e| read_err(name, e).unwrap_or_else(|| limit_err(self)))?;
+        for entry in entries {
+            let mut entry =
+                entry.map_err(|e| read_err(name, e).unwrap_or_else(|| limit_err(self)))?;
+            let raw = entry.path_bytes().into_owned();
+            let comps = components(&raw).map_err(|r| self.refuse(&raw, r))?;
+            let kind = entry.header().entry_type();
+            if matches!(
+                kind,
+                tar::EntryType::XGlobalHeader
+                    | tar::EntryType::XHeader
+                    | tar::EntryType::GNULongName
+                    | tar::EntryType::GNULongLink
+            ) {
+                continue;
+            }
+            // Hardlink names are checked everywhere, like paths.
+            let link_raw = entry.link_name_bytes().map(|l| l.into_owned());
+            if kind.is_hard_link()
+                && let Some(l) = &link_raw
+            {
+                components(l).map_err(|r| self.refuse(&raw, r))?;
+            }
+            if self.whiteout(&raw, &comps)? {
+                continue;
+            }
+            let Some(out) = self.map(&comps) else {
+                continue;
+            };
+            if out.as_os_str().is_empty() && !kind.is_dir() {
+                // The selected prefix itself must be a directory: a file or link there is hostile or broken.
+                return Err(self.refuse(&raw, Refusal::ThroughSymlink));
+            }
+            let mode = entry.header().mode().unwrap_or(0o644);
+            if matches!(
+                kind,
+                tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo
+            ) {
+                return Err(self.refuse(&raw, Refusal::DeviceNode));
+            }
+            if mode & 0o6000 != 0 {
+                return Err(self.refuse(&raw, Refusal::SetuidSetgid(mode)));
+            }
+            if out.as_os_str().is_empty() {
+                continue;
+            }
+            self.make_parents(&raw, &out)?;
+            match kind {
+                tar::EntryType::Directory => match fs::symlink_metadata(self.root.join(&out)) {
+                    Ok(m) if m.file_type().is_dir() => {
+                        let p = self.root.join(&out);
+                        fs::set_permissions(&p, fs::Permissions::from_mode((mode & 0o755) | 0o700))
+                            .map_err(|e| self.write_err(&out, e))?;
+                    }
+                    Ok(_) => {
+                        self.remove(&out)?;
+                        self.mkdir(&raw, &out, mode)?;
+                    }
+                    Err(_) => self.mkdir(&raw, &out, mode)?,
+                },
+                tar::EntryType::Regular
+                | tar::EntryType::Continuous
+                | tar::EntryType::GNUSparse => {
+                    self.count(&raw)?;
+                    self.remove(&out)?;
+                    let path = self.root.join(&out);
+                    let mut f = fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(mode & 0o755)
+                        .open(&path)
+                        .map_err(|e| self.write_err(&out, e))?;
+                    let mut buf = vec![0u8; 128 << 10];
+                    let mut n: u64 = 0;
+                    loop {
+                        let k = match entry.read(&mut buf) {
+                            Ok(0) => break,
+                            Ok(k) => k,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                            Err(e) => {
+                                return Err(read_err(name, e).unwrap_or_else(|| limit_err(self)));
+                            }
+                        };
+                        n += k as u64;
+                        if n > self.limits.max_file_size {
+                            return Err(
+                                self.refuse(&raw, Refusal::FileTooLarge(self.limits.max_file_size))
+                            );
+                        }
+                        if self.stats.bytes + n > self.limits.max_total_size {
+                            return Err(self.refuse(
+                                &raw,
+                                Refusal::TotalSizeExceeded(self.limits.max_total_size),
+                            ));
+                        }
+                        f.write_all(&buf[..k])
+                            .map_err(|e| self.write_err(&out, e))?;
+                    }
+                    // The mode given at open is filtered by the umask; set it exactly.
+                    f.set_permissions(fs::Permissions::from_mode(mode & 0o755))
+                        .map_err(|e| self.write_err(&out, e))?;
+                    self.stats.bytes += n;
+                    self.stats.files += 1;
+                }
+                tar::EntryType::Symlink => {
+                    let target = link_raw.unwrap_or_default();
+                    let Some(rel_target) = self.link_target(&raw, &comps, &out, &target)? else {
+                        continue;
+                    };
+                    self.count(&raw)?;
+                    self.remove(&out)?;
+                    std::os::unix::fs::symlink(&rel_target, self.root.join(&out))
+                        .map_err(|e| self.write_err(&out, e))?;
+                    self.stats.links += 1;
+                }
+                tar::EntryType::Link => {
+                    let target = link_raw.unwrap_or_default();
+                    let target_str = String::from_utf8_lossy(&target).into_owned();
+                    let tcomps = components(&target).map_err(|r| self.refuse(&raw, r))?;
+                    let Some(tout) = self.map(&tcomps) else {
+                        return Err(self.refuse(&raw, Refusal::HardlinkEscape(target_str)));
+                    };
+                    let tpath = self.root.join(&tout);
+                    let ok = self
+                        .parents_are_dirs(&tout)
+                        .map_err(|e| self.write_err(&tout, e))?
+                        && fs::symlink_metadata(&tpath).is_ok_and(|m| m.file_type().is_file());
+                    if !ok {
+                        return Err(self.refuse(&raw, Refusal::HardlinkEscape(target_str)));
+                    }
+                    if tout == out {
+                        continue;
+                    }
+                    self.count(&raw)?;
+                    self.remove(&out)?;
+                    fs::hard_link(&tpath, self.root.join(&out))
+                        .map_err(|e| self.write_err(&out, e))?;
+                    self.stats.links += 1;
+                }
+                _ => {
+                    tracing::debug!(layer = %self.layer, path = %String::from_utf8_lossy(&raw), "skipping unsupported entry type");
+                    continue;
+                }
+            }
+            self.mark_written(&out);
+        }
+        Ok(())
+    }
+
+    /// Checks that every symlink in the tree resolves (physically, through other links) inside the root,
+    /// then returns the counters.
+    pub fn finish(self) -> Result<Stats, ExtractError> {
+        let mut stack = vec![PathBuf::new()];
+        while let Some(dir) = stack.pop() {
+            let rd = fs::read_dir(self.root.join(&dir)).map_err(|e| self.write_err(&dir, e))?;
+            for ent in rd {
+                let ent = ent.map_err(|e| self.write_err(&dir, e))?;
+                let rel = dir.join(ent.file_name());
+                let ft = ent.file_type().map_err(|e| self.write_err(&rel, e))?;
+                if ft.is_dir() {
+                    stack.push(rel);
+                } else if ft.is_symlink() {
+                    self.check_resolves_inside(&rel)?;
+                }
+            }
+        }
+        Ok(self.stats)
+    }
+
+    fn check_resolves_inside(&self, link: &Path) -> Result<(), ExtractError> {
+        let raw = link.as_os_str().as_bytes().to_vec();
+        let escape = |t: &Path| ExtractError::RefuseEntry {
+            layer: "(final tree)".to_owned(),
+            path: String::from_utf8_lossy(&raw).into_owned(),
+            reason: Refusal::SymlinkEscape(t.display().to_string()),
+        };
+        let mut cur: Vec<std::ffi::OsString> = Vec::new();
+        let mut pending: Vec<std::ffi::OsString> = link
+            .components()
+            .rev()
+            .map(|c| c.as_os_str().to_owned())
+            .collect();
+        let mut hops = 0;
+        while let Some(c) = pending.pop() {
+            match c.as_bytes() {
+                b"" | b"." => continue,
+                b".." => {
+                    if cur.pop().is_none() {
+                        return Err(escape(link));
+                    }
+                    continue;
+                }
+                _ => cur.push(c),
+            }
+            let p: PathBuf = cur.iter().fold(self.root.clone(), |p, c| p.join(c));
+            if let Ok(m) = fs::symlink_metadata(&p)
+                && m.file_type().is_symlink()
+            {
+                hops += 1;
+                if hops > 40 {
+                    return Err(ExtractError::RefuseEntry {
+                        layer: "(final tree)".to_owned(),
+                        path: String::from_utf8_lossy(&raw).into_owned(),
+                        reason: Refusal::SymlinkLoop,
+                    });
+                }
+                let t = fs::read_link(&p).map_err(|e| self.write_err(link, e))?;
+                if t.has_root() || t.components().any(|c| matches!(c, Component::Prefix(_))) {
+                    return Err(escape(&t));
+                }
+                cur.pop();
+                for c in t.components().rev() {
+                    pending.push(c.as_os_str().to_owned());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

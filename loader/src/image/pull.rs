@@ -1,0 +1,608 @@
+//! Pull: resolve an image (registry with mirrors, or an OCI layout), stream every layer through digest
+//! verification into the safe extractor, and commit the tree atomically.
+//!
+//! The tree is built in a temporary sibling directory and renamed into place at the end (exchanged with an
+//! older tree when one exists), so a crash never leaves a half tree at the target. `.kmm-image.json` in the
+//! tree records what it holds; a second pull of the same digest downloads nothing.
+
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::extract::{ExtractError, Extractor, Limits, Mapping, Stats};
+use super::layout::{Layout, LayoutError};
+use super::manifest::{Descriptor, Manifest};
+use super::reference::{Digest, ImageRef, RegistryRef};
+use super::registry::{FailureKind, Registry, RegistryError, RegistryOptions};
+
+/// Name of the metadata file written at the root of every extracted tree.
+pub const META_FILE: &str = ".kmm-image.json";
+
+/// What to pull.
+#[derive(Clone, Debug)]
+pub struct PullSpec {
+    pub image: ImageRef,
+    /// Kernel version whose `<dir_name>/lib/modules/<kernel>` is extracted.
+    pub kernel: String,
+    /// The image directory holding `lib/modules` (KMM's `dirName`, default `/opt`).
+    pub dir_name: String,
+    /// The image's firmware directory (KMM's `firmwarePath`), extracted to `firmware/`.
+    pub firmware_path: Option<String>,
+}
+
+impl PullSpec {
+    fn mappings(&self) -> Vec<Mapping> {
+        let mut m = vec![Mapping::new(
+            &format!(
+                "{}/lib/modules/{}",
+                self.dir_name.trim_end_matches('/'),
+                self.kernel
+            ),
+            &format!("lib/modules/{}", self.kernel),
+        )];
+        if let Some(fw) = &self.firmware_path {
+            m.push(Mapping::new(fw, "firmware"));
+        }
+        m
+    }
+}
+
+/// Contents of [`META_FILE`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    pub image: String,
+    pub digest: String,
+    pub kernel: String,
+    pub dir_name: String,
+    pub firmware_path: Option<String>,
+}
+
+/// Result of a pull.
+#[derive(Clone, Debug)]
+pub struct Pulled {
+    /// Manifest digest.
+    pub digest: Digest,
+    /// The tree.
+    pub path: PathBuf,
+    /// True when the tree was already there and nothing was downloaded.
+    pub cached: bool,
+    /// Extraction counters (`None` when cached).
+    pub stats: Option<Stats>,
+    /// Where the image came from (the mirror that served it, or the layout).
+    pub source: String,
+}
+
+/// Errors from pulling.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error("failed to pull {image}")]
+    Registry {
+        image: String,
+        #[source]
+        source: Box<RegistryError>,
+    },
+    #[error("failed to pull {image} from any of its registries: {failures}")]
+    PullFromMirrors { image: String, failures: String },
+    #[error("failed to read OCI layout for {image}")]
+    Layout {
+        image: String,
+        #[source]
+        source: LayoutError,
+    },
+    #[error("failed to extract {image}")]
+    Extract {
+        image: String,
+        #[source]
+        source: ExtractError,
+    },
+    #[error("failed to find {path} in {image}: the image has no modules for kernel {kernel}")]
+    FindModules {
+        image: String,
+        path: String,
+        kernel: String,
+    },
+    #[error("failed to prepare {path}")]
+    PrepareTarget {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to move the extracted tree into {path}")]
+    CommitTarget {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("extraction task failed for {image}")]
+    Join { image: String },
+}
+
+impl PullError {
+    fn retryable(&self) -> bool {
+        matches!(self, PullError::Registry { source, .. } if source.kind() == FailureKind::Transient)
+    }
+    fn mirror_may_help(&self) -> bool {
+        matches!(self, PullError::Registry { .. })
+    }
+}
+
+fn read_meta(dir: &Path) -> Option<Meta> {
+    let bytes = std::fs::read(dir.join(META_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn meta_matches(dir: &Path, digest: &Digest, spec: &PullSpec) -> bool {
+    read_meta(dir).is_some_and(|m| {
+        m.digest == digest.as_str()
+            && m.kernel == spec.kernel
+            && m.dir_name == spec.dir_name
+            && m.firmware_path == spec.firmware_path
+    })
+}
+
+fn pinned_digest(image: &ImageRef) -> Option<&Digest> {
+    match image {
+        ImageRef::Registry(r) => r.digest.as_ref(),
+        ImageRef::OciLayout { .. } => None,
+    }
+}
+
+/// A `Read` over chunks coming from the async download.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos >= self.buf.len() {
+            match self.rx.blocking_recv() {
+                Some(b) => {
+                    self.buf = b;
+                    self.pos = 0;
+                }
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Applies a layer and then reads its stream to the end (so a verifying reader sees all bytes).
+fn apply_and_drain<R: Read>(x: &mut Extractor, name: &str, mut r: R) -> Result<(), ExtractError> {
+    x.apply_layer(name, &mut r)?;
+    io::copy(&mut r, &mut io::sink()).map_err(|source| ExtractError::ReadLayer {
+        layer: name.to_owned(),
+        source,
+    })?;
+    Ok(())
+}
+
+enum Source<'a> {
+    Registry {
+        reg: &'a Registry,
+        from: RegistryRef,
+    },
+    Layout(Layout),
+}
+
+async fn extract_layers(
+    image: &str,
+    source: &Source<'_>,
+    manifest: &Manifest,
+    target: &Path,
+    spec: &PullSpec,
+    limits: Limits,
+) -> Result<Stats, PullError> {
+    let mut x = Extractor::new(target, spec.mappings(), limits);
+    for layer in &manifest.layers {
+        let name = layer.digest.clone();
+        x = match source {
+            Source::Registry { reg, from } => {
+                let (mut tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+                let lname = name.clone();
+                let task = tokio::task::spawn_blocking(move || {
+                    let r = ChannelReader {
+                        rx,
+                        buf: Vec::new(),
+                        pos: 0,
+                    };
+                    let res = apply_and_drain(&mut x, &lname, r);
+                    (x, res)
+                });
+                let dl = reg.stream_blob(from, layer, &mut tx).await;
+                drop(tx);
+                let (xx, res) = task.await.map_err(|_| PullError::Join {
+                    image: image.to_owned(),
+                })?;
+                // A refusal by the extractor explains a broken pipe on the download side.
+                res.map_err(|source| PullError::Extract {
+                    image: image.to_owned(),
+                    source,
+                })?;
+                dl.map_err(|source| PullError::Registry {
+                    image: image.to_owned(),
+                    source: Box::new(source),
+                })?;
+                xx
+            }
+            Source::Layout(l) => {
+                let digest = Digest::parse(&layer.digest).map_err(|e| PullError::Layout {
+                    image: image.to_owned(),
+                    source: LayoutError::ParseLayout {
+                        path: PathBuf::from("manifest"),
+                        reason: e.to_string(),
+                    },
+                })?;
+                let r = l.open_blob(&digest).map_err(|source| PullError::Layout {
+                    image: image.to_owned(),
+                    source,
+                })?;
+                let lname = name.clone();
+                let (xx, res) = tokio::task::spawn_blocking(move || {
+                    let res = apply_and_drain(&mut x, &lname, r);
+                    (x, res)
+                })
+                .await
+                .map_err(|_| PullError::Join {
+                    image: image.to_owned(),
+                })?;
+                res.map_err(|source| PullError::Extract {
+                    image: image.to_owned(),
+                    source,
+                })?;
+                xx
+            }
+        };
+    }
+    let image_owned = image.to_owned();
+    tokio::task::spawn_blocking(move || x.finish())
+        .await
+        .map_err(|_| PullError::Join { image: image_owned })?
+        .map_err(|source| PullError::Extract {
+            image: image.to_owned(),
+            source,
+        })
+}
+
+/// Checks the image config's platform (a single-platform manifest may still be for another arch).
+async fn check_config(
+    image: &str,
+    source: &Source<'_>,
+    config: &Descriptor,
+    opts: &RegistryOptions,
+) -> Result<(), PullError> {
+    let bytes = match source {
+        Source::Registry { reg, from } => {
+            reg.fetch_blob(from, config)
+                .await
+                .map_err(|source| PullError::Registry {
+                    image: image.to_owned(),
+                    source: Box::new(source),
+                })?
+        }
+        Source::Layout(l) => {
+            let d = Digest::parse(&config.digest).map_err(|e| PullError::Layout {
+                image: image.to_owned(),
+                source: LayoutError::ParseLayout {
+                    path: PathBuf::from("manifest"),
+                    reason: e.to_string(),
+                },
+            })?;
+            l.read_blob(&d).map_err(|source| PullError::Layout {
+                image: image.to_owned(),
+                source,
+            })?
+        }
+    };
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    let arch = v.get("architecture").and_then(|a| a.as_str()).unwrap_or("");
+    let os = v.get("os").and_then(|a| a.as_str()).unwrap_or("");
+    let want = &opts.platform;
+    if (!arch.is_empty() && arch != want.architecture) || (!os.is_empty() && os != want.os) {
+        return Err(PullError::Registry {
+            image: image.to_owned(),
+            source: Box::new(RegistryError::CheckPlatform {
+                image: image.to_owned(),
+                found: format!("{os}/{arch}"),
+                platform: want.to_string(),
+            }),
+        });
+    }
+    Ok(())
+}
+
+fn temp_dir_for(out: &Path) -> Result<tempfile::TempDir, PullError> {
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|source| PullError::PrepareTarget {
+        path: parent.to_owned(),
+        source,
+    })?;
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    tempfile::Builder::new()
+        .prefix(&format!(".{name}.kmm-pull-"))
+        .tempdir_in(parent)
+        .map_err(|source| PullError::PrepareTarget {
+            path: parent.to_owned(),
+            source,
+        })
+}
+
+/// Moves `tmp` to `out` atomically; an existing `out` is exchanged with it and then removed.
+fn commit(tmp: tempfile::TempDir, out: &Path) -> Result<(), PullError> {
+    let err = |source| PullError::CommitTarget {
+        path: out.to_owned(),
+        source,
+    };
+    if std::fs::symlink_metadata(out).is_ok() {
+        rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            tmp.path(),
+            rustix::fs::CWD,
+            out,
+            rustix::fs::RenameFlags::EXCHANGE,
+        )
+        .map_err(|e| err(e.into()))?;
+        // `tmp` now holds the old tree and is removed when dropped.
+        drop(tmp);
+    } else {
+        let path = tmp.keep();
+        std::fs::rename(&path, out).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// The fixed inputs of one pull.
+struct Job<'a> {
+    spec: &'a PullSpec,
+    out: &'a Path,
+    opts: &'a RegistryOptions,
+    limits: Limits,
+}
+
+async fn pull_once(
+    job: &Job<'_>,
+    source: Source<'_>,
+    source_name: String,
+    digest: Digest,
+    manifest: &Manifest,
+) -> Result<Pulled, PullError> {
+    let Job {
+        spec,
+        out,
+        opts,
+        limits,
+    } = *job;
+    let image = spec.image.to_string();
+    if meta_matches(out, &digest, spec) {
+        return Ok(Pulled {
+            digest,
+            path: out.to_owned(),
+            cached: true,
+            stats: None,
+            source: source_name,
+        });
+    }
+    check_config(&image, &source, &manifest.config, opts).await?;
+    let tmp = temp_dir_for(out)?;
+    let stats = extract_layers(&image, &source, manifest, tmp.path(), spec, limits).await?;
+    let kdir = format!("lib/modules/{}", spec.kernel);
+    if !tmp.path().join(&kdir).is_dir() {
+        return Err(PullError::FindModules {
+            image,
+            path: format!("{}/{kdir}", spec.dir_name.trim_end_matches('/')),
+            kernel: spec.kernel.clone(),
+        });
+    }
+    let meta = Meta {
+        image: image.clone(),
+        digest: digest.to_string(),
+        kernel: spec.kernel.clone(),
+        dir_name: spec.dir_name.clone(),
+        firmware_path: spec.firmware_path.clone(),
+    };
+    let meta_bytes = serde_json::to_vec_pretty(&meta).unwrap_or_default();
+    std::fs::write(tmp.path().join(META_FILE), meta_bytes).map_err(|source| {
+        PullError::PrepareTarget {
+            path: tmp.path().join(META_FILE),
+            source,
+        }
+    })?;
+    commit(tmp, out)?;
+    tracing::info!(image = %image, digest = %digest, files = stats.files, bytes = stats.bytes, "pulled");
+    Ok(Pulled {
+        digest,
+        path: out.to_owned(),
+        cached: false,
+        stats: Some(stats),
+        source: source_name,
+    })
+}
+
+/// Pulls `spec` into `out` (`out/lib/modules/<kernel>/...`, `out/firmware/...`).
+pub async fn pull_tree(
+    spec: &PullSpec,
+    out: &Path,
+    opts: &RegistryOptions,
+    limits: Limits,
+) -> Result<Pulled, PullError> {
+    if let Some(d) = pinned_digest(&spec.image)
+        && meta_matches(out, d, spec)
+    {
+        return Ok(Pulled {
+            digest: d.clone(),
+            path: out.to_owned(),
+            cached: true,
+            stats: None,
+            source: spec.image.to_string(),
+        });
+    }
+    let image = spec.image.to_string();
+    let job = Job {
+        spec,
+        out,
+        opts,
+        limits,
+    };
+    match &spec.image {
+        ImageRef::OciLayout { path, tag } => {
+            let layout = Layout::new(path);
+            let m = layout
+                .manifest(tag.as_deref(), &opts.platform)
+                .map_err(|source| PullError::Layout {
+                    image: image.clone(),
+                    source,
+                })?;
+            pull_once(
+                &job,
+                Source::Layout(layout),
+                image.clone(),
+                m.digest,
+                &m.manifest,
+            )
+            .await
+        }
+        ImageRef::Registry(r) => {
+            let reg = Registry::new(opts).map_err(|source| PullError::Registry {
+                image: image.clone(),
+                source: Box::new(source),
+            })?;
+            let candidates = opts.candidates(r);
+            let mut failures = Vec::new();
+            for cand in &candidates {
+                let mut attempt = 0;
+                let res = loop {
+                    attempt += 1;
+                    let res = async {
+                        let resolved =
+                            reg.resolve_one(cand)
+                                .await
+                                .map_err(|source| PullError::Registry {
+                                    image: image.clone(),
+                                    source: Box::new(source),
+                                })?;
+                        let src = Source::Registry {
+                            reg: &reg,
+                            from: resolved.source.clone(),
+                        };
+                        pull_once(
+                            &job,
+                            src,
+                            cand.to_string(),
+                            resolved.digest,
+                            &resolved.manifest,
+                        )
+                        .await
+                    }
+                    .await;
+                    match res {
+                        Err(e) if e.retryable() && attempt < opts.attempts.max(1) => {
+                            tracing::warn!(image = %cand, attempt, error = %e, "pull interrupted, retrying");
+                            tokio::time::sleep(opts.backoff).await;
+                        }
+                        other => break other,
+                    }
+                };
+                match res {
+                    Ok(p) => return Ok(p),
+                    Err(e) if candidates.len() > 1 && e.mirror_may_help() => {
+                        tracing::warn!(image = %cand, error = %e, "pull failed, trying the next registry");
+                        failures.push(format!("{cand}: {}", error_chain(&e)));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(PullError::PullFromMirrors {
+                image,
+                failures: failures.join("; "),
+            })
+        }
+    }
+}
+
+/// A node-local cache of extracted trees keyed by manifest digest: `<root>/sha256/<hex>`.
+pub struct ImageCache {
+    root: PathBuf,
+}
+
+impl ImageCache {
+    /// A cache under `root`.
+    pub fn new(root: &Path) -> Self {
+        Self {
+            root: root.to_owned(),
+        }
+    }
+
+    /// The directory for a manifest digest.
+    pub fn path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("sha256").join(digest.hex())
+    }
+
+    /// Pulls into the cache. A digest reference already in the cache is served without any network access;
+    /// a tag costs one manifest request.
+    pub async fn pull(
+        &self,
+        spec: &PullSpec,
+        opts: &RegistryOptions,
+        limits: Limits,
+    ) -> Result<Pulled, PullError> {
+        if let Some(d) = pinned_digest(&spec.image) {
+            return pull_tree(spec, &self.path(d), opts, limits).await;
+        }
+        // Resolve the tag first so the tree lands under its digest.
+        let digest = match &spec.image {
+            ImageRef::OciLayout { path, tag } => {
+                Layout::new(path)
+                    .manifest(tag.as_deref(), &opts.platform)
+                    .map_err(|source| PullError::Layout {
+                        image: spec.image.to_string(),
+                        source,
+                    })?
+                    .digest
+            }
+            ImageRef::Registry(r) => {
+                let reg = Registry::new(opts).map_err(|source| PullError::Registry {
+                    image: spec.image.to_string(),
+                    source: Box::new(source),
+                })?;
+                reg.resolve_one(r)
+                    .await
+                    .map_err(|source| PullError::Registry {
+                        image: spec.image.to_string(),
+                        source: Box::new(source),
+                    })?
+                    .digest
+            }
+        };
+        let mut pinned = spec.clone();
+        if let ImageRef::Registry(r) = &spec.image {
+            pinned.image = ImageRef::Registry(r.with_digest(digest.clone()));
+        }
+        let mut p = pull_tree(&pinned, &self.path(&digest), opts, limits).await?;
+        p.digest = digest;
+        Ok(p)
+    }
+}
+
+/// An error and its causes on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
