@@ -514,13 +514,21 @@ pub fn build_static(package: &str, bin: &str) -> Result<PathBuf, Error> {
     Ok(path)
 }
 
-/// The static `kmm-loader` for the guest.
+/// The static `kmm-loader` for the guest: `$KMM_STATIC_LOADER` if set (a prebuilt static binary), else built
+/// from this workspace by [`build_static`].
 pub fn static_kmm_loader() -> Result<PathBuf, Error> {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     if let Some(p) = BUILT.get() {
         return Ok(p.clone());
     }
-    let path = build_static("kmm-loader", "kmm-loader")?;
+    let path = match std::env::var_os("KMM_STATIC_LOADER").filter(|p| !p.is_empty()) {
+        Some(prebuilt) => {
+            let prebuilt = PathBuf::from(prebuilt);
+            require_static(&prebuilt)?;
+            prebuilt
+        }
+        None => build_static("kmm-loader", "kmm-loader")?,
+    };
     Ok(BUILT.get_or_init(|| path).clone())
 }
 
