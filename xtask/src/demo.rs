@@ -78,6 +78,8 @@ pub fn run() -> Result<()> {
     }
     println!("{accepted}/{total} example Modules accepted\n");
 
+    scheduling(&sources)?;
+
     println!("== a broken Module: every violation, with its field path ==");
     for module in
         parse_modules(BROKEN, "default").context("failed to read the embedded broken Module")?
@@ -97,6 +99,55 @@ pub fn run() -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// Transparent scheduling: the webhook's mutation of the example pods that need a driver.
+fn scheduling(sources: &[(String, String)]) -> Result<()> {
+    use k8s_openapi::api::core::v1::Pod;
+    use kmm_webhook::catalog::StaticCatalog;
+    use kmm_webhook::mutate::{MutateConfig, mutate_pod};
+
+    println!("== transparent scheduling: what the webhook does to pods that need a driver ==");
+    let mut modules = Vec::new();
+    let mut pods = Vec::new();
+    for (source, text) in sources.iter().filter(|(s, _)| s.starts_with("manifests/")) {
+        modules.extend(parse_modules(text, "default")?);
+        for doc in serde_norway::Deserializer::from_str(text) {
+            let value: serde_json::Value = serde::Deserialize::deserialize(doc)
+                .with_context(|| format!("failed to read {source}"))?;
+            if value.get("kind").and_then(serde_json::Value::as_str) == Some("Pod") {
+                pods.push(
+                    serde_json::from_value::<Pod>(value)
+                        .with_context(|| format!("bad Pod in {source}"))?,
+                );
+            }
+        }
+    }
+    let catalog = StaticCatalog::new(modules);
+    let cfg = MutateConfig::new("registry.example.com/kmm-rs/kmm-loader:latest");
+    for pod in pods {
+        let ns = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_owned());
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        match mutate_pod(&pod, &ns, &catalog, &cfg) {
+            Ok(patch) if patch.0.is_empty() => println!("Pod {ns}/{name}: allowed, no patch"),
+            Ok(patch) => {
+                println!(
+                    "Pod {ns}/{name}: allowed with a JSON patch of {} operations",
+                    patch.0.len()
+                );
+                for op in &patch.0 {
+                    println!("  {}", serde_json::to_string(op)?);
+                }
+            }
+            Err(denial) => println!("Pod {ns}/{name}: denied: {denial}"),
+        }
+    }
+    println!();
     Ok(())
 }
 
