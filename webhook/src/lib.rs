@@ -13,8 +13,14 @@
 
 pub mod admit;
 pub mod catalog;
+pub mod cli;
+pub mod metrics;
 pub mod mutate;
 pub mod review;
+pub mod router;
+pub mod server;
+pub mod telemetry;
+pub mod tls;
 pub mod validate;
 pub mod watch;
 

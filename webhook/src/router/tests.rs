@@ -1,0 +1,281 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::body::Body;
+use base64::Engine as _;
+use http_body_util::BodyExt as _;
+use serde_json::{Value, json};
+use tower::ServiceExt as _;
+
+use super::*;
+use crate::catalog::StaticCatalog;
+use crate::mutate::MutateConfig;
+
+fn state() -> AppState {
+    let module: kmm_api::Module = serde_json::from_value(json!({
+        "apiVersion": "kmm.sigs.x-k8s.io/v1beta1", "kind": "Module",
+        "metadata": {"name": "simple", "namespace": "team"},
+        "spec": {"selector": {}, "moduleLoader": {"container": {
+            "modprobe": {"moduleName": "simple_kmod"},
+            "kernelMappings": [{"regexp": "^.+$", "containerImage": "reg/kmod:1"}]}}}
+    }))
+    .unwrap();
+    AppState {
+        ctx: Context {
+            catalog: Arc::new(StaticCatalog::new([module])),
+            mutate: MutateConfig::new("loader:1"),
+            kube_version: None,
+        },
+        metrics: Arc::new(Metrics::new()),
+    }
+}
+
+fn review(uid: &str, kind: (&str, &str, &str), op: &str, object: Value, old: Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": uid, "kind": {"group": kind.0, "version": kind.1, "kind": kind.2},
+            "resource": {"group": kind.0, "version": kind.1, "resource": "x"},
+            "operation": op, "namespace": "team", "userInfo": {}, "object": object, "oldObject": old, "dryRun": false}
+    }))
+    .unwrap()
+}
+
+async fn post_to(router: Router, path: &str, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
+    let req = http::Request::post(path)
+        .header("content-type", "application/json")
+        .body(Body::from(body))
+        .unwrap();
+    let resp = router.oneshot(req).await.unwrap();
+    let status = resp.status();
+    (
+        status,
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+}
+
+const MODULE: (&str, &str, &str) = ("kmm.sigs.x-k8s.io", "v1beta1", "Module");
+
+fn bad_module() -> Value {
+    json!({"apiVersion": "kmm.sigs.x-k8s.io/v1beta1", "kind": "Module", "metadata": {"name": "m"},
+        "spec": {"selector": {}, "moduleLoader": {"container": {"modprobe": {},
+            "kernelMappings": [{"regexp": "(", "containerImage": "x:1"}]}}}})
+}
+
+#[tokio::test]
+async fn every_path_and_alias_answers_with_the_request_uid() {
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team", "labels": {"kmm.node.k8s.io/contains-modules": ""}}});
+    let mcm = json!({"apiVersion": "hub.kmm.sigs.x-k8s.io/v1beta1", "kind": "ManagedClusterModule", "metadata": {"name": "m"},
+        "spec": {"spokeNamespace": "s", "selector": {}, "moduleSpec": bad_module()["spec"].clone()}});
+    let cases = [
+        (
+            "/validate-module",
+            review("a", MODULE, "CREATE", bad_module(), Value::Null),
+            false,
+        ),
+        (
+            "/validate-kmm-sigs-x-k8s-io-v1beta1-module?timeout=10s",
+            review("b", MODULE, "CREATE", bad_module(), Value::Null),
+            false,
+        ),
+        (
+            "/validate-managedclustermodule",
+            review(
+                "c",
+                ("hub.kmm.sigs.x-k8s.io", "v1beta1", "ManagedClusterModule"),
+                "CREATE",
+                mcm.clone(),
+                Value::Null,
+            ),
+            false,
+        ),
+        (
+            "/validate-hub-kmm-sigs-x-k8s-io-v1beta1-managedclustermodule",
+            review(
+                "d",
+                ("hub.kmm.sigs.x-k8s.io", "v1beta1", "ManagedClusterModule"),
+                "CREATE",
+                mcm,
+                Value::Null,
+            ),
+            false,
+        ),
+        (
+            "/validate-namespace",
+            review(
+                "e",
+                ("", "v1", "Namespace"),
+                "DELETE",
+                Value::Null,
+                ns.clone(),
+            ),
+            false,
+        ),
+        (
+            "/validate--v1-namespace?timeout=5s",
+            review("f", ("", "v1", "Namespace"), "DELETE", Value::Null, ns),
+            false,
+        ),
+        (
+            "/mutate-pod",
+            review(
+                "g",
+                ("", "v1", "Pod"),
+                "CREATE",
+                json!({"metadata": {}, "spec": {"containers": [{"name": "a"}]}}),
+                Value::Null,
+            ),
+            true,
+        ),
+    ];
+    let router = admission(state());
+    for (path, body, allowed) in cases {
+        let uid = serde_json::from_slice::<Value>(&body).unwrap()["request"]["uid"].clone();
+        let (status, body) = post_to(router.clone(), path, body).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(v["response"]["uid"], uid, "{path}");
+        assert_eq!(v["response"]["allowed"], allowed, "{path}: {v}");
+        if !allowed {
+            assert_eq!(v["response"]["status"]["code"], 403, "{path}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn mutate_pod_returns_a_base64_json_patch_and_never_patches_delete() {
+    let pod = json!({"metadata": {"annotations": {"kmm.sigs.x-k8s.io/modules": "simple"}}, "spec": {"containers": [{"name": "a"}]}});
+    let (status, body) = post_to(
+        admission(state()),
+        "/mutate-pod",
+        review("p", ("", "v1", "Pod"), "CREATE", pod.clone(), Value::Null),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["response"]["patchType"], "JSONPatch");
+    let patch = base64::engine::general_purpose::STANDARD
+        .decode(v["response"]["patch"].as_str().unwrap())
+        .unwrap();
+    let patch: Value = serde_json::from_slice(&patch).unwrap();
+    assert_eq!(patch[0]["path"], "/spec/affinity");
+    assert_eq!(patch[1]["path"], "/spec/initContainers");
+
+    let (_, body) = post_to(
+        admission(state()),
+        "/mutate-pod",
+        review("q", ("", "v1", "Pod"), "DELETE", Value::Null, pod),
+    )
+    .await;
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["response"]["allowed"], true);
+    assert!(v["response"].get("patch").is_none());
+}
+
+#[tokio::test]
+async fn bad_input_gets_well_formed_errors() {
+    let router = admission(state());
+    let (status, body) = post_to(router.clone(), "/validate-module", b"{oops".to_vec()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&body).contains("failed to parse the AdmissionReview"));
+
+    let (status, _) = post_to(
+        router.clone(),
+        "/validate-module",
+        br#"{"request": {}}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // Known uid, wrong object kind: an AdmissionReview with allowed false and code 400.
+    let (status, body) = post_to(
+        router.clone(),
+        "/validate-module",
+        review("w", ("", "v1", "Pod"), "CREATE", json!({}), Value::Null),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["response"]["uid"], "w");
+    assert_eq!(v["response"]["allowed"], false);
+    assert_eq!(v["response"]["status"]["code"], 400);
+
+    let huge = vec![b' '; BODY_LIMIT + 1];
+    let (status, _) = post_to(router.clone(), "/validate-module", huge).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+
+    let resp = router
+        .clone()
+        .oneshot(
+            http::Request::get("/validate-module")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let (status, _) = post_to(router, "/nope", vec![]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn health_routes_and_metrics() {
+    let st = state();
+    let ready = Arc::new(AtomicBool::new(false));
+    let r2 = Arc::clone(&ready);
+    let health_router = health(HealthState {
+        metrics: Arc::clone(&st.metrics),
+        ready: Arc::new(move || r2.load(Ordering::SeqCst)),
+    });
+    let get = |path: &'static str| {
+        let h = health_router.clone();
+        async move {
+            let resp = h
+                .oneshot(http::Request::get(path).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            let status = resp.status();
+            (
+                status,
+                String::from_utf8(
+                    resp.into_body()
+                        .collect()
+                        .await
+                        .unwrap()
+                        .to_bytes()
+                        .to_vec(),
+                )
+                .unwrap(),
+            )
+        }
+    };
+    assert_eq!(get("/healthz").await.0, StatusCode::OK);
+    assert_eq!(get("/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    ready.store(true, Ordering::SeqCst);
+    assert_eq!(get("/readyz").await.0, StatusCode::OK);
+
+    post_to(
+        admission(st.clone()),
+        "/validate-module",
+        review("m", MODULE, "CREATE", bad_module(), Value::Null),
+    )
+    .await;
+    let (status, text) = get("/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        text.contains(
+            r#"kmm_webhook_admission_requests_total{endpoint="module",verdict="denied"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("kmm_webhook_admission_duration_seconds_bucket"),
+        "{text}"
+    );
+}
