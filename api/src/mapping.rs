@@ -147,7 +147,8 @@ pub fn kernel_variables(normalized: &str) -> Result<BTreeMap<&'static str, Strin
 }
 
 /// Compiles a regexp with Go RE2 semantics: Perl classes (`\d`, `\w`, `\s`) and word boundaries are ASCII-only in
-/// Go, while the `regex` crate makes them Unicode-aware; they are rewritten to their ASCII forms.
+/// Go, while the `regex` crate makes them Unicode-aware; they are rewritten to their ASCII forms. Go's `\Q...\E`
+/// literal quoting is supported too.
 pub fn compile_go_regexp(pattern: &str) -> Result<Regex, regex::Error> {
     Regex::new(&asciify_perl_classes(pattern))
 }
@@ -169,6 +170,14 @@ fn asciify_perl_classes(pattern: &str) -> String {
             Some('S') => out.push_str(r"[^\t\n\f\r ]"),
             Some('b') => out.push_str(r"(?-u:\b)"),
             Some('B') => out.push_str(r"(?-u:\B)"),
+            // Go's literal quoting `\Q...\E`, which the regex crate lacks: escape the quoted text.
+            Some('Q') => {
+                let rest: String = chars.by_ref().collect();
+                let (quoted, after) = rest.split_once(r"\E").unwrap_or((rest.as_str(), ""));
+                out.push_str(&regex::escape(quoted));
+                out.push_str(&asciify_perl_classes(after));
+                break;
+            }
             Some(other) => {
                 out.push('\\');
                 out.push(other);

@@ -125,6 +125,10 @@ fn go_regexp_semantics() {
         (r"\S+", "   ", false),
         (r"\.", "61", false),
         ("a.c", "aéc", true),
+        (r"^\Q6.1.0+rt\E$", "6.1.0+rt", true),
+        (r"^\Q6.1.0+rt\E$", "6x1x0rt", false),
+        (r"^\Q6.1\E\.\d+$", "6.1.5", true),
+        (r"\Q(unclosed", "x(unclosed", true),
     ];
     for (pattern, input, want) in cases {
         let re = compile_go_regexp(pattern).unwrap();
