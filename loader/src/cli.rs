@@ -124,6 +124,9 @@ pub enum Command {
         #[command(flatten)]
         host: HostArgs,
     },
+    /// Pull, sign and build kmod images against a registry, without a container engine.
+    #[command(subcommand)]
+    Image(crate::image::cli::ImageCommand),
 }
 
 /// Arguments of `load`.
@@ -224,6 +227,7 @@ pub fn main() -> ExitCode {
 /// Runs one command; `Ok(FAILURE)` means some files failed and were reported already.
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Image(cmd) => crate::image::cli::run(cmd),
         Command::Modinfo { json, files } => cmd_modinfo(json, &files),
         Command::Verify { certs, files } => cmd_verify(&certs, &files),
         Command::Sign {
@@ -313,17 +317,23 @@ fn cmd_modinfo(json: bool, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
 
 fn cmd_verify(certs: &[PathBuf], files: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let store = TrustStore::load(certs)?;
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let mut failed = 0usize;
-    for f in files {
-        let res = modinfo::read_module(f)
-            .map_err(|e| format!("{:#}", anyhow::Error::from(e)))
-            .and_then(|m| signature::verify(&m.image, &store).map_err(|e| e.to_string()));
+    for (f, res) in files
+        .iter()
+        .zip(signature::verify_files(files, &store, threads))
+    {
         match res {
             Ok(v) => {
                 tracing::debug!(file = %f.display(), signer = %v.signer, hash = v.hash.name(), "verified")
             }
-            Err(reason) => {
+            Err(e) => {
                 failed += 1;
+                let reason = anyhow::Error::from(e)
+                    .chain()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(": ");
                 println!("{}: {reason}", f.display());
             }
         }

@@ -189,3 +189,169 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SignError> {
     }
     std::fs::rename(&tmp, path).map_err(wrap)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use std::process::Command;
+
+    use super::*;
+    use crate::elf::build_elf64;
+    use crate::keys::{self, TrustStore};
+    use crate::signature::{SignatureError, verify};
+    use crate::test_keys::TestKey;
+
+    fn module() -> Vec<u8> {
+        build_elf64(&[
+            (".text", b"\xc3"),
+            (".modinfo", b"license=GPL\0name=t\0vermagic=6.1.0 SMP \0"),
+        ])
+    }
+
+    /// `openssl cms -verify` accepts what we sign (checked with the real tool, detached content).
+    fn openssl_accepts(signed: &[u8], cert: &Path) -> bool {
+        let app = signature::split(signed).unwrap().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("sig.p7"), app.sig).unwrap();
+        std::fs::write(dir.path().join("content"), app.content).unwrap();
+        let out = Command::new("openssl")
+            .args([
+                "cms",
+                "-verify",
+                "-binary",
+                "-inform",
+                "DER",
+                "-noverify",
+                "-nointern",
+                "-purpose",
+                "any",
+            ])
+            .arg("-in")
+            .arg(dir.path().join("sig.p7"))
+            .arg("-content")
+            .arg(dir.path().join("content"))
+            .arg("-certfile")
+            .arg(pem_of(cert, dir.path()))
+            .args(["-out", "/dev/null"])
+            .output()
+            .unwrap();
+        out.status.success()
+    }
+
+    fn pem_of(cert: &Path, dir: &Path) -> std::path::PathBuf {
+        let pem = dir.join("cert.pem");
+        std::fs::write(&pem, keys::load_certificates(cert).unwrap()[0].to_pem()).unwrap();
+        pem
+    }
+
+    #[test]
+    fn ecdsa_and_rsa_signatures_verify_here_and_in_openssl() {
+        for (newkey, hash) in [
+            ("ec:prime256v1", HashAlgo::Sha256),
+            ("ec:secp384r1", HashAlgo::Sha384),
+            ("rsa:2048", HashAlgo::Sha512),
+        ] {
+            let key = match newkey.strip_prefix("ec:") {
+                Some(curve) => TestKey::with_ec(curve),
+                None => TestKey::with_newkey(newkey),
+            };
+            let signer = key.signer_with(hash);
+            let signed = signer.sign_image(&module()).unwrap();
+            let store = TrustStore::load(std::slice::from_ref(&key.cert_path)).unwrap();
+            let v = verify(&signed, &store).unwrap();
+            assert_eq!(v.hash, hash);
+            assert!(v.signer.starts_with("kmm-test"));
+            assert!(openssl_accepts(&signed, &key.cert_path), "{newkey}");
+            // Re-signing replaces the signature instead of stacking another one.
+            let resigned = signer.sign_image(&signed).unwrap();
+            assert_eq!(signature::strip(&resigned), module().as_slice());
+            let mut altered = signed.clone();
+            altered[0x40] ^= 1;
+            assert_eq!(
+                verify(&altered, &store),
+                Err(SignatureError::ContentAltered)
+            );
+        }
+    }
+
+    #[test]
+    fn encrypted_keys_need_kbuild_sign_pin() {
+        let key = TestKey::rsa(2048);
+        let enc = key.key_path.with_file_name("enc.pem");
+        let out = Command::new("openssl")
+            .args([
+                "pkcs8",
+                "-topk8",
+                "-v2",
+                "aes-256-cbc",
+                "-passout",
+                "pass:s3cret",
+            ])
+            .arg("-in")
+            .arg(&key.key_path)
+            .arg("-out")
+            .arg(&enc)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let err = keys::load_private_key(&enc, None).unwrap_err().to_string();
+        assert!(err.contains("KBUILD_SIGN_PIN"), "{err}");
+        assert!(keys::load_private_key(&enc, Some("wrong")).is_err());
+        let decrypted = keys::load_private_key(&enc, Some("s3cret")).unwrap();
+        let cert = keys::load_certificates(&key.cert_path).unwrap().remove(0);
+        keys::check_key_pair(&decrypted, &cert, &enc, &key.cert_path).unwrap();
+        let other = TestKey::rsa(2048);
+        let other_cert = keys::load_certificates(&other.cert_path).unwrap().remove(0);
+        assert!(keys::check_key_pair(&decrypted, &other_cert, &enc, &other.cert_path).is_err());
+    }
+
+    #[test]
+    fn a_combined_pem_with_key_and_certificate_works_for_both() {
+        // Like the kernel's certs/signing_key.pem: key and certificate in one PEM file.
+        let key = TestKey::rsa(2048);
+        let cert = keys::load_certificates(&key.cert_path).unwrap().remove(0);
+        let combined = key.key_path.with_file_name("signing_key.pem");
+        let mut text = std::fs::read_to_string(&key.key_path).unwrap();
+        text.push_str(&cert.to_pem());
+        std::fs::write(&combined, text).unwrap();
+        let k = keys::load_private_key(&combined, None).unwrap();
+        let c = keys::load_certificates(&combined).unwrap().remove(0);
+        let signer = Signer {
+            key: k,
+            cert: c,
+            hash: HashAlgo::Sha256,
+        };
+        assert_eq!(
+            signer.sign_image(&module()).unwrap(),
+            key.signer().sign_image(&module()).unwrap()
+        );
+    }
+
+    #[test]
+    fn sign_file_recompresses_with_the_same_codec() {
+        let key = TestKey::rsa(2048);
+        let signer = key.signer();
+        let dir = tempfile::tempdir().unwrap();
+        for codec in [
+            Compression::None,
+            Compression::Xz,
+            Compression::Zstd,
+            Compression::Gzip,
+        ] {
+            let path = dir.path().join(format!("t.ko{}", codec.suffix()));
+            std::fs::write(&path, compress::compress(codec, &module()).unwrap()).unwrap();
+            let out = dir.path().join(format!("out.ko{}", codec.suffix()));
+            signer.sign_file(&path, &out).unwrap();
+            let packed = std::fs::read(&out).unwrap();
+            assert_eq!(Compression::detect(&packed, None), codec);
+            assert_eq!(
+                compress::decompress(codec, &packed).unwrap(),
+                signer.sign_image(&module()).unwrap()
+            );
+        }
+    }
+}

@@ -442,6 +442,61 @@ pub fn verify_pkcs7(
     verified.ok_or_else(|| SignatureError::Malformed("PKCS#7 has no signer".into()))
 }
 
+/// Why a module file failed verification: it could not be read, or its signature did not verify.
+#[derive(Debug, Error)]
+pub enum VerifyFileError {
+    #[error(transparent)]
+    ReadModule(#[from] crate::modinfo::ModinfoError),
+    #[error(transparent)]
+    VerifySignature(#[from] SignatureError),
+}
+
+/// Reads, decompresses and verifies one module file.
+pub fn verify_file(
+    path: &std::path::Path,
+    store: &TrustStore,
+) -> Result<Verified, VerifyFileError> {
+    let file = crate::modinfo::read_module(path)?;
+    Ok(verify(&file.image, store)?)
+}
+
+/// Verifies many files on `threads` worker threads (at least one); results come back in input order.
+pub fn verify_files(
+    paths: &[std::path::PathBuf],
+    store: &TrustStore,
+    threads: usize,
+) -> Vec<Result<Verified, VerifyFileError>> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Result<Verified, VerifyFileError>>>> =
+        Mutex::new((0..paths.len()).map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..threads.clamp(1, paths.len().max(1)) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(path) = paths.get(i) else { break };
+                    let r = verify_file(path, store);
+                    if let Ok(mut guard) = results.lock() {
+                        guard[i] = Some(r);
+                    }
+                }
+            });
+        }
+    });
+    results
+        .into_inner()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or(Err(VerifyFileError::VerifySignature(
+                SignatureError::Malformed("not verified".into()),
+            )))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -480,5 +535,60 @@ mod tests {
             parse_pkcs7(b"\x30\x03\x02\x01\x01"),
             Err(SignatureError::Malformed(_))
         ));
+    }
+
+    /// A signature made by `openssl cms -sign` WITH signed attributes (and an embedded certificate), as other
+    /// signing tools produce: verified through the messageDigest attribute.
+    #[test]
+    fn openssl_cms_signatures_with_signed_attributes_verify() {
+        use crate::test_keys::TestKey;
+        let key = TestKey::rsa(2048);
+        let dir = tempfile::tempdir().unwrap();
+        let content = crate::elf::build_elf64(&[(".modinfo", b"name=x\0")]);
+        std::fs::write(dir.path().join("m"), &content).unwrap();
+        let out = std::process::Command::new("openssl")
+            .args([
+                "cms", "-sign", "-binary", "-outform", "DER", "-md", "sha384",
+            ])
+            .args(["-keyform", "PEM", "-inkey"])
+            .arg(&key.key_path)
+            .arg("-signer")
+            .arg(&key.cert_path)
+            .arg("-in")
+            .arg(dir.path().join("m"))
+            .arg("-out")
+            .arg(dir.path().join("sig"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let sig = std::fs::read(dir.path().join("sig")).unwrap();
+        let p7 = parse_pkcs7(&sig).unwrap();
+        assert!(
+            p7.signed_data
+                .signer_infos
+                .0
+                .iter()
+                .next()
+                .unwrap()
+                .signed_attrs
+                .is_some()
+        );
+        let mut image = content.clone();
+        image.extend_from_slice(&sig);
+        image.extend_from_slice(&[0, 0, 2, 0, 0, 0, 0, 0]);
+        image.extend_from_slice(&(sig.len() as u32).to_be_bytes());
+        image.extend_from_slice(MAGIC);
+        let store = TrustStore::load(std::slice::from_ref(&key.cert_path)).unwrap();
+        assert_eq!(verify(&image, &store).unwrap().hash, HashAlgo::Sha384);
+        let mut altered = image.clone();
+        altered[0x30] ^= 1;
+        assert_eq!(
+            verify(&altered, &store),
+            Err(SignatureError::ContentAltered)
+        );
     }
 }

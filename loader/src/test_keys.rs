@@ -15,6 +15,7 @@ pub struct TestKey {
     pub _dir: tempfile::TempDir,
     pub key_path: PathBuf,
     pub cert_path: PathBuf,
+    pub _params: Option<tempfile::TempDir>,
 }
 
 impl TestKey {
@@ -50,7 +51,27 @@ impl TestKey {
             _dir: dir,
             key_path,
             cert_path,
+            _params: None,
         }
+    }
+
+    /// An EC key on `curve` (`P-256`, `P-384`).
+    pub fn with_ec(curve: &str) -> TestKey {
+        let dir = tempfile::tempdir().unwrap();
+        let params = dir.path().join("params.pem");
+        let out = Command::new("openssl")
+            .args(["ecparam", "-name", curve, "-out"])
+            .arg(&params)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut k = TestKey::with_newkey(&format!("ec:{}", params.display()));
+        k._params = Some(dir);
+        k
     }
 
     pub fn rsa(bits: u32) -> TestKey {
