@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use kmm_api::Module;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::endpoint::{Endpoint, EndpointTiming, KubeletContext, SOCKET_PREFIX};
 use crate::health::Readiness;
@@ -72,7 +72,7 @@ fn watch_host_tree(
         let dir = host_root.join(sub);
         let tx = tx.clone();
         let w = notify::recommended_watcher(move |r: notify::Result<notify::Event>| {
-            if r.is_ok() {
+            if r.as_ref().is_ok_and(crate::unix::is_change) {
                 let _ = tx.send(());
             }
         })
@@ -126,8 +126,10 @@ pub async fn run(
     let mut endpoints: BTreeMap<String, Endpoint> = BTreeMap::new();
     let mut tick = tokio::time::interval(cfg.poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut wake = "start";
     loop {
         let views = inventory.refresh(&current, Instant::now());
+        debug!(wake, "inventory refreshed");
         publish_metrics(&metrics, &views);
         let gone: Vec<String> = endpoints
             .keys()
@@ -151,9 +153,10 @@ pub async fn run(
             }
         }
         tokio::select! {
-            _ = tick.tick() => {}
-            Some(()) = host_events.recv() => {}
+            _ = tick.tick() => wake = "poll",
+            Some(()) = host_events.recv() => wake = "host event",
             changed = modules.changed() => {
+                wake = "modules";
                 if changed.is_err() {
                     warn!("Module source ended");
                     break;

@@ -17,7 +17,7 @@ use tracing::{debug, error, info, warn};
 use crate::api::device_plugin_server::DevicePluginServer;
 use crate::health::Readiness;
 use crate::inventory::ResourceView;
-use crate::kubelet::{self, KubeletError};
+use crate::kubelet::{self, KubeletError, kubelet_socket_identity};
 use crate::metrics::Metrics;
 use crate::service::PluginService;
 use crate::unix;
@@ -183,8 +183,10 @@ enum Next {
     Stop,
 }
 
+type KubeletIdentity = Option<(u64, u64, i128)>;
+
 enum Registration {
-    Done,
+    Done(KubeletIdentity),
     ServeAgain,
     Stop,
 }
@@ -215,8 +217,8 @@ async fn run(
         };
         debug!(resource = %resource, socket = %socket.display(), "serving");
         let next = match register_until_done(&resource, &name, &mut stop, &mut ctx).await {
-            Registration::Done => {
-                wait_for_restart(&socket, serving.identity, &mut stop, &mut ctx).await
+            Registration::Done(kubelet) => {
+                wait_for_restart(&socket, serving.identity, kubelet, &mut stop, &mut ctx).await
             }
             Registration::ServeAgain => Next::Restart,
             Registration::Stop => Next::Stop,
@@ -236,8 +238,9 @@ async fn run(
     }
 }
 
-/// Registers until the kubelet accepts, a restarted kubelet wiped the socket meanwhile (serve again), or the endpoint
-/// stops.
+/// Registers until the kubelet accepts (returning the identity of the kubelet.sock it accepted on, when certain), a
+/// restarted kubelet wiped our socket meanwhile (serve again), or the endpoint stops. Between attempts it wakes on
+/// the backoff timer, a kubelet generation change or a directory event (kubelet.sock appearing).
 async fn register_until_done(
     resource: &str,
     name: &str,
@@ -245,16 +248,21 @@ async fn register_until_done(
     ctx: &mut KubeletContext,
 ) -> Registration {
     let mut backoff = ctx.timing.backoff_start;
-    ctx.generation.borrow_and_update();
+    let socket = ctx.dir.join(name);
     loop {
+        ctx.generation.borrow_and_update();
+        let before = kubelet_socket_identity(&ctx.dir);
+        let mut unreachable = false;
         match kubelet::register(&ctx.dir, name, resource, ctx.timing.register_timeout).await {
             Ok(()) => {
+                let after = kubelet_socket_identity(&ctx.dir);
                 ctx.metrics.registration(resource, true);
                 ctx.readiness.set(resource, true);
                 info!(resource = %resource, endpoint = %name, "registered with the kubelet");
-                return Registration::Done;
+                return Registration::Done((before == after).then_some(before).flatten());
             }
             Err(KubeletError::ConnectToKubelet(e)) => {
+                unreachable = true;
                 debug!(resource = %resource, error = %e, "kubelet not reachable yet");
             }
             Err(e) => {
@@ -263,26 +271,37 @@ async fn register_until_done(
                 error!(resource = %resource, error = %e, retry_in_ms = backoff.as_millis() as u64, "registration failed");
             }
         }
-        tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
-            changed = ctx.generation.changed() => {
-                if changed.is_err() { return Registration::Stop; }
-                // A new kubelet: it wiped our socket; serve again before registering.
-                if !socket_present(&ctx.dir.join(name)) { return Registration::ServeAgain; }
+        let deadline = tokio::time::Instant::now() + backoff;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => break,
+                changed = ctx.generation.changed() => {
+                    if changed.is_err() { return Registration::Stop; }
+                    break;
+                }
+                changed = ctx.dir_events.changed() => {
+                    if changed.is_err() { return Registration::Stop; }
+                    // Retry early only when the kubelet was unreachable and its socket is there now.
+                    if unreachable && kubelet_socket_identity(&ctx.dir).is_some() { break; }
+                    continue;
+                }
+                _ = stop.wait_for(|s| *s) => return Registration::Stop,
             }
-            _ = stop.wait_for(|s| *s) => return Registration::Stop,
+        }
+        // A new kubelet wiped our socket: serve again before registering.
+        if std::fs::symlink_metadata(&socket).is_err() {
+            return Registration::ServeAgain;
         }
         backoff = (backoff * 2).min(ctx.timing.backoff_cap);
     }
 }
 
-fn socket_present(p: &Path) -> bool {
-    std::fs::symlink_metadata(p).is_ok()
-}
-
+/// Waits until the kubelet restarted (kubelet.sock now differs from the one we registered on) or our socket was
+/// removed or replaced. Wakes on generation changes and directory events, and polls as a fallback.
 async fn wait_for_restart(
     socket: &Path,
     ours: Option<(u64, u64)>,
+    kubelet: KubeletIdentity,
     stop: &mut watch::Receiver<bool>,
     ctx: &mut KubeletContext,
 ) -> Next {
@@ -290,13 +309,15 @@ async fn wait_for_restart(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            changed = ctx.generation.changed() => {
-                if changed.is_err() { return Next::Stop; }
-                return Next::Restart;
-            }
-            _ = ctx.dir_events.changed() => {}
+            changed = ctx.generation.changed() => if changed.is_err() { return Next::Stop },
+            changed = ctx.dir_events.changed() => if changed.is_err() { return Next::Stop },
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return Next::Stop,
+        }
+        let now = kubelet_socket_identity(&ctx.dir);
+        if now.is_some() && now != kubelet {
+            info!(socket = %socket.display(), "kubelet restarted since registration");
+            return Next::Restart;
         }
         if identity(socket) != ours {
             warn!(socket = %socket.display(), "plugin socket removed or replaced");

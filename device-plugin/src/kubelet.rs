@@ -112,7 +112,7 @@ impl KubeletWatch {
         let (ev_tx, dir_events) = watch::channel(0u64);
         let (notify_tx, mut notify_rx) = mpsc::unbounded_channel::<()>();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
+            if res.as_ref().is_ok_and(crate::unix::is_change) {
                 let _ = notify_tx.send(());
             }
         })

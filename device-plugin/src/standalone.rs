@@ -169,7 +169,7 @@ pub fn spawn(
     let (tx, rx) = watch::channel(select(initial));
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<()>();
     let watcher = notify::recommended_watcher(move |r: notify::Result<notify::Event>| {
-        if r.is_ok() {
+        if r.as_ref().is_ok_and(crate::unix::is_change) {
             let _ = ev_tx.send(());
         }
     })

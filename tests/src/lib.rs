@@ -6,6 +6,9 @@
 //! - [`kmod_build`]: the out-of-tree fixture modules in `tests/fixtures/` built against Debian's headers.
 //! - [`qemu`]: initramfs (cpio newc) + generated `/init` of named scenarios, booted under a hard timeout, judged
 //!   from markers on the serial console; the static `kmm-loader` build for the guest.
+//! - [`kubelet_sim`]: a kubelet device-manager simulator (Registration server, ListAndWatch consumer, Allocate per
+//!   container, restarts that wipe the socket directory); [`device_plugin`]: the real `kmm-device-plugin` binary
+//!   run against a temporary host tree.
 //! - [`cache`], [`cmd`]: the shared cache directory (`$KMM_CACHE_DIR` or `~/.cache/kmm-rs`) and host tools.
 //!
 //! System packages come from `tests/setup/install-deps.sh`; a missing tool is an error naming that script.
@@ -13,5 +16,7 @@
 pub mod cache;
 pub mod cmd;
 pub mod debian;
+pub mod device_plugin;
 pub mod kmod_build;
+pub mod kubelet_sim;
 pub mod qemu;
