@@ -50,6 +50,9 @@ pub struct Args {
     /// Time allowed for in-flight requests after SIGTERM.
     #[arg(long, env = "KMM_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// Time a client gets for the TLS handshake, and then for each request head (slow clients are dropped).
+    #[arg(long, env = "KMM_CLIENT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub client_timeout: Duration,
     /// Log format.
     #[arg(long, env = "KMM_LOG_FORMAT", value_enum, default_value = "plain")]
     pub log_format: LogFormat,
@@ -217,7 +220,8 @@ pub async fn run(args: Args) -> Result<(), RunError> {
     };
     let opts = ServeOptions {
         drain_timeout: args.drain_timeout,
-        ..ServeOptions::default()
+        handshake_timeout: args.client_timeout,
+        header_read_timeout: args.client_timeout,
     };
     let drained = serve_tls(listener, acceptor, admission(state), shutdown, opts).await;
     let _ = health_task.await;

@@ -167,3 +167,45 @@ pub fn server_config(store: Arc<CertStore>) -> Result<ServerConfig, TlsError> {
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    /// A CA-signed pair from kmm-certs (the code that makes the real ones).
+    fn pair(service: &str) -> (String, String) {
+        let b = kmm_certs::serving::generate(service, "ns", 30, std::time::SystemTime::now(), None)
+            .unwrap();
+        (b.cert_pem, b.key_pem)
+    }
+
+    #[test]
+    fn reload_swaps_only_complete_matching_pairs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let (c1, k1) = pair("one");
+        let (c2, k2) = pair("two");
+        std::fs::write(&cert, &c1).unwrap();
+        std::fs::write(&key, &k1).unwrap();
+        let store = CertStore::open(&cert, &key).unwrap();
+        let first = store.current();
+        assert!(!store.reload().unwrap(), "unchanged files: no swap");
+
+        // Half-written: new certificate, old key. Refused, the old pair stays.
+        std::fs::write(&cert, &c2).unwrap();
+        assert!(matches!(store.reload(), Err(TlsError::Certified { .. })));
+        assert!(Arc::ptr_eq(&first, &store.current()));
+
+        std::fs::write(&key, &k2).unwrap();
+        assert!(store.reload().unwrap());
+        assert!(!Arc::ptr_eq(&first, &store.current()));
+        assert_eq!(store.watch_dirs(), vec![dir.path().to_owned()]);
+
+        std::fs::write(&cert, "garbage").unwrap();
+        assert!(matches!(
+            store.reload(),
+            Err(TlsError::NoCertificate { .. })
+        ));
+    }
+}
