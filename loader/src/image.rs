@@ -5,6 +5,7 @@
 //! - [`extract`]: safe, whiteout-aware extraction of the module and firmware subtrees of layers.
 
 pub mod auth;
+pub mod cli;
 pub mod extract;
 pub mod layout;
 pub mod manifest;

@@ -9,6 +9,8 @@
 //! - [`kubelet_sim`]: a kubelet device-manager simulator (Registration server, ListAndWatch consumer, Allocate per
 //!   container, restarts that wipe the socket directory); [`device_plugin`]: the real `kmm-device-plugin` binary
 //!   run against a temporary host tree.
+//! - [`registry`]: Debian's `docker-registry` on 127.0.0.1 (plain, or TLS + htpasswd), `skopeo`, OCI layouts and
+//!   hostile tar layers for the image tests.
 //! - [`cache`], [`cmd`]: the shared cache directory (`$KMM_CACHE_DIR` or `~/.cache/kmm-rs`) and host tools.
 //!
 //! System packages come from `tests/setup/install-deps.sh`; a missing tool is an error naming that script.
@@ -20,3 +22,4 @@ pub mod device_plugin;
 pub mod kmod_build;
 pub mod kubelet_sim;
 pub mod qemu;
+pub mod registry;
