@@ -175,8 +175,12 @@ impl Read for ChannelReader {
 
 /// Applies a layer and then reads its stream to the end (so a verifying reader sees all bytes).
 fn apply_and_drain<R: Read>(x: &mut Extractor, name: &str, mut r: R) -> Result<(), ExtractError> {
-    x.apply_layer(name, &mut r)?;
-    io::copy(&mut r, &mut io::sink()).map_err(|source| ExtractError::ReadLayer {
+    let res = x.apply_layer(name, &mut r);
+    // Read to the end even after a refusal, so the download side still checks the digest: corrupt content
+    // is then reported as such rather than as whatever the extractor tripped over.
+    let drained = io::copy(&mut r, &mut io::sink());
+    res?;
+    drained.map_err(|source| ExtractError::ReadLayer {
         layer: name.to_owned(),
         source,
     })?;
@@ -220,7 +224,14 @@ async fn extract_layers(
                 let (xx, res) = task.await.map_err(|_| PullError::Join {
                     image: image.to_owned(),
                 })?;
-                // A refusal by the extractor explains a broken pipe on the download side.
+                // Content that does not match its digest explains any extraction failure; otherwise a
+                // refusal by the extractor explains a broken pipe on the download side.
+                if let Err(e @ RegistryError::VerifyDigest { .. }) = dl {
+                    return Err(PullError::Registry {
+                        image: image.to_owned(),
+                        source: Box::new(e),
+                    });
+                }
                 res.map_err(|source| PullError::Extract {
                     image: image.to_owned(),
                     source,
