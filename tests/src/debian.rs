@@ -296,24 +296,18 @@ fn resolve() -> Result<(String, String), Error> {
 }
 
 fn resolve_from_lists() -> Result<(String, String), Error> {
-    let policy = cmd::stdout(Command::new("apt-cache").args(["policy", "linux-image-amd64"]))?;
-    let candidate = policy
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Candidate:"))
-        .map(str::trim)
-        .filter(|c| !c.is_empty() && *c != "(none)")
-        .ok_or_else(|| Error::ResolveVersion {
-            reason: "apt-cache knows no candidate for linux-image-amd64".into(),
-        })?
-        .to_owned();
-    let show = cmd::stdout(
-        Command::new("apt-cache").args(["show", &format!("linux-image-amd64={candidate}")]),
-    )?;
+    // One apt-cache call (each rebuilds the package cache on images that disable pkgcache.bin): the candidate
+    // version only.
+    let show = cmd::stdout(Command::new("apt-cache").args([
+        "show",
+        "--no-all-versions",
+        "linux-image-amd64",
+    ]))?;
     let depends = show
         .lines()
         .find_map(|l| l.strip_prefix("Depends:"))
         .ok_or_else(|| Error::ResolveVersion {
-            reason: format!("linux-image-amd64={candidate} has no Depends"),
+            reason: "apt-cache shows no candidate for linux-image-amd64".into(),
         })?;
     // "linux-image-6.1.0-56-amd64 (= 6.1.192-2)"
     for dep in depends.split(',') {
