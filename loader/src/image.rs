@@ -12,3 +12,5 @@ pub mod manifest;
 pub mod pull;
 pub mod reference;
 pub mod registry;
+pub mod push;
+pub mod signing;

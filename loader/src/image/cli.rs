@@ -13,6 +13,7 @@ use super::extract::Limits;
 use super::pull::{PullSpec, pull_tree};
 use super::reference::ImageRef;
 use super::registry::RegistryOptions;
+use super::signing::{SignRequest, sign_image};
 
 /// Registry access shared by pull, sign and build.
 #[derive(Debug, Clone, Args)]
@@ -74,6 +75,49 @@ pub enum ImageCommand {
     /// Pull a kmod image and extract the modules of one kernel (and the firmware) into a directory; prints
     /// the manifest digest.
     Pull(PullArgs),
+    /// Pull an unsigned kmod image, sign its modules (sha256, like sign-file) and push it with one added
+    /// layer; prints the new manifest digest.
+    Sign(SignArgs),
+}
+
+/// `image sign`.
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// Private key (PEM or DER; KBUILD_SIGN_PIN for an encrypted one).
+    #[arg(long, env = "KMM_SIGN_KEY")]
+    pub key: PathBuf,
+    /// Certificate of the key (PEM or DER).
+    #[arg(long, env = "KMM_SIGN_CERT")]
+    pub cert: PathBuf,
+    /// Unsigned image (host[:port]/repo[:tag][@sha256:...]).
+    #[arg(long, env = "KMM_UNSIGNED_IMAGE")]
+    pub from: String,
+    /// Destination of the signed image.
+    #[arg(long, env = "KMM_SIGNED_IMAGE")]
+    pub to: String,
+    /// Image paths of the files to sign (filesToSign; globs, `*` stays within a directory); repeatable.
+    /// Default: every module under --dir.
+    #[arg(long = "files", env = "KMM_FILES_TO_SIGN", num_args = 1..)]
+    pub files: Vec<String>,
+    /// Directory in the image holding lib/modules (dirName).
+    #[arg(long = "dir", env = "KMM_DIR_NAME", default_value = "/opt")]
+    pub dir_name: String,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+async fn sign(args: SignArgs) -> anyhow::Result<String> {
+    let req = SignRequest {
+        from: args.from.parse()?,
+        to: args.to.parse()?,
+        key: args.key,
+        cert: args.cert,
+        files: args.files,
+        dir_name: args.dir_name,
+    };
+    let opts = args.registry.options()?;
+    let signed = sign_image(&req, &opts, Limits::default()).await?;
+    Ok(format!("{}\n", signed.digest))
 }
 
 /// `image pull`.
@@ -133,6 +177,7 @@ async fn pull(args: PullArgs) -> anyhow::Result<String> {
 pub async fn execute(cmd: ImageCommand) -> anyhow::Result<String> {
     match cmd {
         ImageCommand::Pull(a) => pull(a).await,
+        ImageCommand::Sign(a) => sign(a).await,
     }
 }
 

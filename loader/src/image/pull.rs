@@ -187,7 +187,8 @@ fn apply_and_drain<R: Read>(x: &mut Extractor, name: &str, mut r: R) -> Result<(
     Ok(())
 }
 
-enum Source<'a> {
+/// Where layers come from.
+pub(crate) enum Source<'a> {
     Registry {
         reg: &'a Registry,
         from: RegistryRef,
@@ -195,15 +196,16 @@ enum Source<'a> {
     Layout(Layout),
 }
 
-async fn extract_layers(
+/// Streams every layer of `manifest` from `source` through the extractor into `target` (which must exist).
+pub(crate) async fn extract_layers(
     image: &str,
     source: &Source<'_>,
     manifest: &Manifest,
     target: &Path,
-    spec: &PullSpec,
+    mappings: Vec<Mapping>,
     limits: Limits,
 ) -> Result<Stats, PullError> {
-    let mut x = Extractor::new(target, spec.mappings(), limits);
+    let mut x = Extractor::new(target, mappings, limits);
     for layer in &manifest.layers {
         let name = layer.digest.clone();
         x = match source {
@@ -407,7 +409,15 @@ async fn pull_once(
     }
     check_config(&image, &source, &manifest.config, opts).await?;
     let tmp = temp_dir_for(out)?;
-    let stats = extract_layers(&image, &source, manifest, tmp.path(), spec, limits).await?;
+    let stats = extract_layers(
+        &image,
+        &source,
+        manifest,
+        tmp.path(),
+        spec.mappings(),
+        limits,
+    )
+    .await?;
     let kdir = format!("lib/modules/{}", spec.kernel);
     if !tmp.path().join(&kdir).is_dir() {
         return Err(PullError::FindModules {
