@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::endpoint::{Endpoint, EndpointTiming, KubeletContext, SOCKET_PREFIX};
+use crate::events::NodeEvents;
 use crate::health::Readiness;
 use crate::inventory::{Inventory, ResourceView};
 use crate::kubelet::KubeletWatch;
@@ -93,12 +94,14 @@ fn publish_metrics(metrics: &Metrics, views: &BTreeMap<String, ResourceView>) {
     }
 }
 
-/// Runs until `shutdown` turns true; then stops every endpoint (removing its socket).
+/// Runs until `shutdown` turns true; then stops every endpoint (removing its socket). `events` publishes Node
+/// Events (cluster mode).
 pub async fn run(
     cfg: AgentConfig,
     mut modules: watch::Receiver<Vec<Module>>,
     metrics: Metrics,
     readiness: Readiness,
+    events: Option<NodeEvents>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
     std::fs::create_dir_all(&cfg.plugin_dir).map_err(|source| AgentError::CreateDirectory {
@@ -119,6 +122,7 @@ pub async fn run(
         timing: cfg.timing.clone(),
         metrics: metrics.clone(),
         readiness,
+        events,
     };
     let (_watchers, mut host_events) = watch_host_tree(&cfg.host_root);
     let mut inventory = Inventory::new(&cfg.host_root, cfg.unhealthy_grace);

@@ -15,6 +15,7 @@ use tonic::transport::Server;
 use tracing::{debug, error, info, warn};
 
 use crate::api::device_plugin_server::DevicePluginServer;
+use crate::events::{NodeEvents, REASON_REGISTRATION_REFUSED};
 use crate::health::Readiness;
 use crate::inventory::ResourceView;
 use crate::kubelet::{self, KubeletError, kubelet_socket_identity};
@@ -88,6 +89,8 @@ pub struct KubeletContext {
     pub metrics: Metrics,
     /// Readiness (registered endpoints).
     pub readiness: Readiness,
+    /// Node Events (cluster mode).
+    pub events: Option<NodeEvents>,
 }
 
 /// A running endpoint.
@@ -249,6 +252,7 @@ async fn register_until_done(
 ) -> Registration {
     let mut backoff = ctx.timing.backoff_start;
     let socket = ctx.dir.join(name);
+    let mut reported = false;
     loop {
         ctx.generation.borrow_and_update();
         let before = kubelet_socket_identity(&ctx.dir);
@@ -268,6 +272,10 @@ async fn register_until_done(
             Err(e) => {
                 ctx.metrics.registration(resource, false);
                 ctx.metrics.error("register");
+                if let Some(events) = ctx.events.as_ref().filter(|_| !reported) {
+                    events.warning(REASON_REGISTRATION_REFUSED, e.to_string());
+                    reported = true;
+                }
                 error!(resource = %resource, error = %e, retry_in_ms = backoff.as_millis() as u64, "registration failed");
             }
         }

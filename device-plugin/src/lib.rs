@@ -15,6 +15,7 @@
 //! - [`agent`] runs the loop that refreshes the inventory (fs events + polling) and keeps one [`endpoint`] per
 //!   resource: a gRPC server ([`service`]) on a unix socket in `--device-plugin-dir`, registered with the kubelet and
 //!   re-registered when [`kubelet`] sees kubelet.sock re-created;
+//! - [`events`] reports refused registrations as Events on the Node (cluster mode);
 //! - [`health`] serves `/healthz`, `/readyz` and `/metrics` ([`metrics`]); [`cli`] holds the flags and [`run`] wires it
 //!   all up for the binary.
 
@@ -22,6 +23,7 @@ pub mod agent;
 pub mod cli;
 pub mod cluster;
 pub mod endpoint;
+pub mod events;
 pub mod health;
 pub mod inventory;
 pub mod kubelet;

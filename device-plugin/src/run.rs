@@ -9,6 +9,7 @@ use tracing::{error, info};
 use crate::agent::{self, AgentConfig};
 use crate::cli::Cli;
 use crate::endpoint::EndpointTiming;
+use crate::events::NodeEvents;
 use crate::health::{self, Readiness};
 use crate::metrics::Metrics;
 use crate::{cluster, standalone};
@@ -38,12 +39,14 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let metrics = Metrics::new();
     let readiness = Readiness::default();
-    let modules = match (&cli.modules_from, &cli.node_name) {
+    let (modules, events) = match (&cli.modules_from, &cli.node_name) {
         (Some(dir), _) => {
             let labels =
                 standalone::parse_node_labels(&cli.node_labels).map_err(RunError::NodeLabels)?;
             info!(dir = %dir.display(), labels = ?labels, "standalone mode");
-            standalone::spawn(dir.clone(), labels, cli.poll_interval, stop_rx.clone())
+            let modules =
+                standalone::spawn(dir.clone(), labels, cli.poll_interval, stop_rx.clone());
+            (modules, None)
         }
         (None, node) => {
             let node = node.clone().unwrap_or_default();
@@ -51,7 +54,9 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
                 .await
                 .map_err(RunError::KubeClient)?;
             info!(node = %node, "cluster mode");
-            cluster::spawn(client, node, metrics.clone(), stop_rx.clone())
+            let events = NodeEvents::spawn(client.clone(), &node, metrics.clone());
+            let modules = cluster::spawn(client, node, metrics.clone(), stop_rx.clone());
+            (modules, Some(events))
         }
     };
     let health = tokio::spawn(health::serve(
@@ -71,7 +76,9 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
             ..EndpointTiming::default()
         },
     };
-    let agent = tokio::spawn(agent::run(cfg, modules, metrics, readiness, stop_rx));
+    let agent = tokio::spawn(agent::run(
+        cfg, modules, metrics, readiness, events, stop_rx,
+    ));
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
     tokio::select! {
