@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use super::auth::Credentials;
+use super::build::{BuildRequest, build_image};
 use super::extract::Limits;
 use super::pull::{PullSpec, pull_tree};
 use super::reference::ImageRef;
@@ -78,6 +79,52 @@ pub enum ImageCommand {
     /// Pull an unsigned kmod image, sign its modules (sha256, like sign-file) and push it with one added
     /// layer; prints the new manifest digest.
     Sign(SignArgs),
+    /// Build an out-of-tree module against kernel headers, generate modules.dep, optionally sign, and push
+    /// it as a kmod image (<dir>/lib/modules/<kernel>/); prints the manifest digest.
+    Build(BuildArgs),
+}
+
+/// `image build`.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Kernel headers directory (what /lib/modules/<kernel>/build points to).
+    #[arg(long, env = "KMM_KERNEL_HEADERS")]
+    pub kernel_headers: PathBuf,
+    /// Module source directory (with its Kbuild/Makefile); built in a temporary copy.
+    #[arg(long, env = "KMM_MODULE_SOURCE")]
+    pub source: PathBuf,
+    /// Destination image.
+    #[arg(long, env = "KMM_IMAGE")]
+    pub to: String,
+    /// Kernel version (default: the release in the built modules' vermagic).
+    #[arg(long, env = "KMM_KERNEL_VERSION")]
+    pub kernel_version: Option<String>,
+    /// Private key to sign the modules with (needs --sign-cert).
+    #[arg(long, env = "KMM_SIGN_KEY", requires = "sign_cert")]
+    pub sign_key: Option<PathBuf>,
+    /// Certificate of --sign-key.
+    #[arg(long, env = "KMM_SIGN_CERT", requires = "sign_key")]
+    pub sign_cert: Option<PathBuf>,
+    /// Directory in the image holding lib/modules (dirName).
+    #[arg(long = "dir", env = "KMM_DIR_NAME", default_value = "/opt")]
+    pub dir_name: String,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+async fn build(args: BuildArgs) -> anyhow::Result<String> {
+    let req = BuildRequest {
+        headers: args.kernel_headers,
+        source: args.source,
+        to: args.to.parse()?,
+        kernel: args.kernel_version,
+        sign: args.sign_key.zip(args.sign_cert),
+        dir_name: args.dir_name,
+    };
+    let opts = args.registry.options()?;
+    let built = build_image(&req, &opts).await?;
+    tracing::info!(kernel = %built.kernel, modules = ?built.modules, "built and pushed");
+    Ok(format!("{}\n", built.digest))
 }
 
 /// `image sign`.
@@ -178,6 +225,7 @@ pub async fn execute(cmd: ImageCommand) -> anyhow::Result<String> {
     match cmd {
         ImageCommand::Pull(a) => pull(a).await,
         ImageCommand::Sign(a) => sign(a).await,
+        ImageCommand::Build(a) => build(a).await,
     }
 }
 

@@ -108,7 +108,7 @@ fn regular_files(root: &Path) -> Result<Vec<(String, PathBuf)>, SignImageError> 
     Ok(out)
 }
 
-fn load_signer(key: &Path, cert: &Path) -> Result<Signer, SignImageError> {
+pub(crate) fn load_signer(key: &Path, cert: &Path) -> Result<Signer, SignImageError> {
     let pin = std::env::var(keys::PIN_ENV).ok();
     let key_pair = keys::load_private_key(key, pin.as_deref())?;
     let certificate = keys::load_certificates(cert)?
