@@ -95,6 +95,8 @@ pub struct Certificate {
     pub cert: x509_cert::Certificate,
     pub ski: Option<Vec<u8>>,
     pub key: PublicKey,
+    /// Precomputed Montgomery parameters for fast RSA verification.
+    pub fast_rsa: Option<crate::fastrsa::FastRsa>,
 }
 
 impl Certificate {
@@ -108,11 +110,16 @@ impl Certificate {
                 .map(|o| o.as_bytes().to_vec())
         });
         let key = PublicKey::from_spki(&cert.tbs_certificate.subject_public_key_info);
+        let fast_rsa = match &key {
+            PublicKey::Rsa(k) => crate::fastrsa::FastRsa::new(k),
+            _ => None,
+        };
         Ok(Certificate {
             der: der_bytes.to_vec(),
             cert,
             ski,
             key,
+            fast_rsa,
         })
     }
 

@@ -13,6 +13,7 @@
 pub mod cli;
 pub mod compress;
 pub mod elf;
+pub mod fastrsa;
 pub mod image;
 pub mod keys;
 pub mod modinfo;

@@ -329,7 +329,7 @@ fn signed_digest(
 }
 
 fn check_signature(
-    key: &PublicKey,
+    cert: &Certificate,
     sig_alg: &ObjectIdentifier,
     hash: HashAlgo,
     digest: &[u8],
@@ -349,6 +349,7 @@ fn check_signature(
         oid::ECDSA_SHA512,
     ]
     .contains(sig_alg);
+    let key = &cert.key;
     match key {
         PublicKey::Rsa(k) if rsa_alg => {
             let scheme = match hash {
@@ -358,8 +359,15 @@ fn check_signature(
                 HashAlgo::Sha384 => rsa::Pkcs1v15Sign::new::<sha2::Sha384>(),
                 HashAlgo::Sha512 => rsa::Pkcs1v15Sign::new::<sha2::Sha512>(),
             };
-            k.verify(scheme, digest, sig)
-                .map_err(|_| SignatureError::ContentAltered)
+            let ok = match &cert.fast_rsa {
+                Some(fast) => fast.verify(&scheme.prefix, digest, sig),
+                None => k.verify(scheme, digest, sig).is_ok(),
+            };
+            if ok {
+                Ok(())
+            } else {
+                Err(SignatureError::ContentAltered)
+            }
         }
         PublicKey::P256(k) if ec_alg => {
             use ecdsa::signature::hazmat::PrehashVerifier;
@@ -427,7 +435,7 @@ pub fn verify_pkcs7(
         };
         let digest = signed_digest(si, hash, &content_digest)?;
         check_signature(
-            &cert.key,
+            cert,
             &si.signature_algorithm.oid,
             hash,
             &digest,
