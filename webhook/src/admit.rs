@@ -87,7 +87,7 @@ fn pod(req: &Request, ctx: &Context) -> Verdict {
     if req.operation != Operation::Create {
         return Verdict::allow();
     }
-    let pod: Pod = match validate::decode(req.object.as_ref(), "object", "Pod") {
+    let pod: Pod = match validate::decode(req.object.as_deref(), "object", "Pod") {
         Ok(p) => p,
         Err(v) => return v,
     };

@@ -10,7 +10,7 @@
 //! 3. prepends an init container `kmm-wait-<name>` running `kmm-loader wait --module <kmod> [--version V]
 //!    --timeout 300s` (covers the window between the label and a reload, e.g. during an ordered upgrade).
 //!
-//! Decisions (documented in the README of the crate's issue):
+//! Decisions:
 //! - No volume is mounted: the init container only reads `/sys/module/<kmod>`, and sysfs is mounted read-only in
 //!   every unprivileged container; `/sys/module` is not namespaced, so it shows the host's modules.
 //! - Its resources are equal requests and limits (cpu 50m, memory 32Mi), so a Guaranteed pod stays Guaranteed.

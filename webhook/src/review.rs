@@ -7,7 +7,10 @@
 //! numbers, kube-rs issue 1781).
 
 use base64::Engine as _;
-use serde_json::{Map, Value, json};
+use std::collections::HashMap;
+
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
 
 /// The only AdmissionReview version served (`admissionReviewVersions: [v1]`).
 pub const API_VERSION: &str = "admission.k8s.io/v1";
@@ -68,7 +71,7 @@ impl Operation {
 }
 
 /// A parsed admission request: what the handlers need, nothing more.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Request {
     /// Request uid, echoed in the response.
     pub uid: String,
@@ -80,10 +83,10 @@ pub struct Request {
     pub name: String,
     /// Namespace of the request, if any.
     pub namespace: Option<String>,
-    /// The new object (absent on DELETE).
-    pub object: Option<Value>,
-    /// The old object (UPDATE and DELETE).
-    pub old_object: Option<Value>,
+    /// The new object, raw JSON (absent on DELETE).
+    pub object: Option<Box<RawValue>>,
+    /// The old object, raw JSON (UPDATE and DELETE).
+    pub old_object: Option<Box<RawValue>>,
     /// The request will not be persisted.
     pub dry_run: bool,
 }
@@ -110,21 +113,32 @@ pub enum ParseError {
     },
 }
 
-fn str_field<'a>(map: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
-    map.get(key).and_then(Value::as_str)
+type Fields<'a> = HashMap<String, &'a RawValue>;
+
+fn string(fields: &Fields<'_>, key: &str) -> Option<String> {
+    fields
+        .get(key)
+        .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
 }
 
 /// Parses an AdmissionReview body.
+///
+/// Only the envelope is parsed here; `object` and `oldObject` stay raw JSON until a handler decodes them into
+/// their types, so each byte is parsed once.
 pub fn parse(body: &[u8]) -> Result<Request, ParseError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| ParseError::Json(e.to_string()))?;
-    let Value::Object(review) = value else {
-        return Err(ParseError::Json("the body is not a JSON object".to_owned()));
+    let review: Fields<'_> = match serde_json::from_slice(body) {
+        Ok(fields) => fields,
+        Err(e) if e.is_data() => {
+            return Err(ParseError::Json("the body is not a JSON object".to_owned()));
+        }
+        Err(e) => return Err(ParseError::Json(e.to_string())),
     };
-    let Some(Value::Object(req)) = review.get("request") else {
-        return Err(ParseError::MissingRequest);
+    let req: Fields<'_> = match review.get("request") {
+        Some(raw) => serde_json::from_str(raw.get()).map_err(|_| ParseError::MissingRequest)?,
+        None => return Err(ParseError::MissingRequest),
     };
-    let uid = match str_field(req, "uid") {
-        Some(uid) if !uid.is_empty() => uid.to_owned(),
+    let uid = match string(&req, "uid") {
+        Some(uid) if !uid.is_empty() => uid,
         _ => return Err(ParseError::MissingUid),
     };
     let invalid = |reason: String| ParseError::Invalid {
@@ -132,21 +146,22 @@ pub fn parse(body: &[u8]) -> Result<Request, ParseError> {
         reason,
     };
 
-    let api_version = str_field(&review, "apiVersion").unwrap_or("");
-    let kind = str_field(&review, "kind").unwrap_or("");
+    let api_version = string(&review, "apiVersion").unwrap_or_default();
+    let kind = string(&review, "kind").unwrap_or_default();
     if api_version != API_VERSION || kind != KIND {
         return Err(invalid(format!(
             "expected apiVersion {API_VERSION} and kind {KIND}, got {api_version:?} and {kind:?}"
         )));
     }
 
-    let Some(Value::Object(gvk)) = req.get("kind") else {
-        return Err(invalid("request.kind is missing".to_owned()));
-    };
+    let gvk: Fields<'_> = req
+        .get("kind")
+        .and_then(|raw| serde_json::from_str(raw.get()).ok())
+        .ok_or_else(|| invalid("request.kind is missing".to_owned()))?;
     let gvk = Gvk {
-        group: str_field(gvk, "group").unwrap_or("").to_owned(),
-        version: str_field(gvk, "version").unwrap_or("").to_owned(),
-        kind: str_field(gvk, "kind").unwrap_or("").to_owned(),
+        group: string(&gvk, "group").unwrap_or_default(),
+        version: string(&gvk, "version").unwrap_or_default(),
+        kind: string(&gvk, "kind").unwrap_or_default(),
     };
     if gvk.version.is_empty() || gvk.kind.is_empty() {
         return Err(invalid(
@@ -154,7 +169,7 @@ pub fn parse(body: &[u8]) -> Result<Request, ParseError> {
         ));
     }
 
-    let operation = match str_field(req, "operation") {
+    let operation = match string(&req, "operation").as_deref() {
         Some("CREATE") => Operation::Create,
         Some("UPDATE") => Operation::Update,
         Some("DELETE") => Operation::Delete,
@@ -166,10 +181,11 @@ pub fn parse(body: &[u8]) -> Result<Request, ParseError> {
         }
     };
 
-    let object_field = |key: &str| -> Result<Option<Value>, ParseError> {
+    let object_field = |key: &str| -> Result<Option<Box<RawValue>>, ParseError> {
         match req.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v @ Value::Object(_)) => Ok(Some(v.clone())),
+            None => Ok(None),
+            Some(raw) if raw.get() == "null" => Ok(None),
+            Some(raw) if raw.get().starts_with('{') => Ok(Some((*raw).to_owned())),
             Some(_) => Err(invalid(format!("request.{key} is not an object"))),
         }
     };
@@ -179,13 +195,11 @@ pub fn parse(body: &[u8]) -> Result<Request, ParseError> {
     Ok(Request {
         kind: gvk,
         operation,
-        name: str_field(req, "name").unwrap_or("").to_owned(),
-        namespace: str_field(req, "namespace")
-            .filter(|n| !n.is_empty())
-            .map(str::to_owned),
+        name: string(&req, "name").unwrap_or_default(),
+        namespace: string(&req, "namespace").filter(|n| !n.is_empty()),
         object,
         old_object,
-        dry_run: req.get("dryRun").and_then(Value::as_bool).unwrap_or(false),
+        dry_run: req.get("dryRun").is_some_and(|raw| raw.get() == "true"),
         uid,
     })
 }

@@ -10,12 +10,12 @@ use crate::review::{Operation, Request, Verdict};
 
 /// Decodes `request.object` (or `oldObject`) as `T`; a missing or malformed object is a 400 verdict.
 pub(crate) fn decode<T: DeserializeOwned>(
-    value: Option<&serde_json::Value>,
+    value: Option<&serde_json::value::RawValue>,
     field: &str,
     kind: &str,
 ) -> Result<T, Verdict> {
     let value = value.ok_or_else(|| Verdict::bad_request(format!("request.{field} is missing")))?;
-    serde_json::from_value(value.clone())
+    serde_json::from_str(value.get())
         .map_err(|e| Verdict::bad_request(format!("request.{field} is not a valid {kind}: {e}")))
 }
 
@@ -45,7 +45,7 @@ pub fn module(req: &Request, kube: Option<KubeVersion>) -> Verdict {
         ));
     }
     match req.operation {
-        Operation::Create => match decode::<Module>(req.object.as_ref(), "object", "Module") {
+        Operation::Create => match decode::<Module>(req.object.as_deref(), "object", "Module") {
             Ok(new) => verdict(validation::validate_module(
                 &with_request_identity(new, req),
                 kube,
@@ -53,11 +53,11 @@ pub fn module(req: &Request, kube: Option<KubeVersion>) -> Verdict {
             Err(v) => v,
         },
         Operation::Update => {
-            let new = match decode::<Module>(req.object.as_ref(), "object", "Module") {
+            let new = match decode::<Module>(req.object.as_deref(), "object", "Module") {
                 Ok(m) => with_request_identity(m, req),
                 Err(v) => return v,
             };
-            let old = match decode::<Module>(req.old_object.as_ref(), "oldObject", "Module") {
+            let old = match decode::<Module>(req.old_object.as_deref(), "oldObject", "Module") {
                 Ok(m) => with_request_identity(m, req),
                 Err(v) => return v,
             };
@@ -81,21 +81,24 @@ pub fn managed_cluster_module(req: &Request) -> Verdict {
     const KIND: &str = "ManagedClusterModule";
     match req.operation {
         Operation::Create => {
-            match decode::<ManagedClusterModule>(req.object.as_ref(), "object", KIND) {
+            match decode::<ManagedClusterModule>(req.object.as_deref(), "object", KIND) {
                 Ok(new) => verdict(validation::validate_managed_cluster_module(&new)),
                 Err(v) => v,
             }
         }
         Operation::Update => {
-            let new = match decode::<ManagedClusterModule>(req.object.as_ref(), "object", KIND) {
+            let new = match decode::<ManagedClusterModule>(req.object.as_deref(), "object", KIND) {
                 Ok(m) => m,
                 Err(v) => return v,
             };
-            let old =
-                match decode::<ManagedClusterModule>(req.old_object.as_ref(), "oldObject", KIND) {
-                    Ok(m) => m,
-                    Err(v) => return v,
-                };
+            let old = match decode::<ManagedClusterModule>(
+                req.old_object.as_deref(),
+                "oldObject",
+                KIND,
+            ) {
+                Ok(m) => m,
+                Err(v) => return v,
+            };
             verdict(validation::validate_managed_cluster_module_update(
                 &old, &new,
             ))
@@ -115,7 +118,7 @@ pub fn namespace(req: &Request) -> Verdict {
     if req.operation != Operation::Delete {
         return Verdict::allow();
     }
-    let ns = match decode::<Namespace>(req.old_object.as_ref(), "oldObject", "Namespace") {
+    let ns = match decode::<Namespace>(req.old_object.as_deref(), "oldObject", "Namespace") {
         Ok(ns) => ns,
         Err(v) => return v,
     };

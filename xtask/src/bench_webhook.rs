@@ -23,13 +23,17 @@ struct Running(Child);
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
         let _ = self.0.wait();
     }
 }
 
 fn repo_root() -> Result<PathBuf> {
-    let out = Command::new("git").args(["rev-parse", "--show-toplevel"]).output()?;
+    let out = Command::new("git")
+        .args(["rev-parse", "--show-toplevel"])
+        .output()?;
     if !out.status.success() {
         bail!("not inside the kmm-rs git repository");
     }
@@ -44,7 +48,9 @@ fn target_dir(root: &Path) -> PathBuf {
 }
 
 fn run_ok(cmd: &mut Command) -> Result<std::process::Output> {
-    let out = cmd.output().with_context(|| format!("failed to start {cmd:?}"))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("failed to start {cmd:?}"))?;
     if !out.status.success() {
         bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -53,20 +59,28 @@ fn run_ok(cmd: &mut Command) -> Result<std::process::Output> {
 
 /// Starts a server and returns it with the address it printed on a line starting with `prefix`.
 fn start(cmd: &mut Command, prefix: &str) -> Result<(Running, String)> {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
         .with_context(|| format!("failed to start {cmd:?}"))?;
     let stdout = child.stdout.take().context("no stdout")?;
     let running = Running(child);
     let (tx, rx) = std::sync::mpsc::channel();
     let prefix = prefix.to_owned();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             if line.starts_with(&prefix) {
                 let _ = tx.send(line.rsplit(' ').next().unwrap_or_default().to_owned());
             }
         }
     });
-    let addr = rx.recv_timeout(Duration::from_secs(30)).context("server did not report its address")?;
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .context("server did not report its address")?;
     Ok((running, addr))
 }
 
@@ -133,16 +147,29 @@ fn oha(url: &str, body: &Path, ca: &Path, keep_alive: bool) -> Result<Stats> {
     let duration = std::env::var("KMM_BENCH_DURATION").unwrap_or_else(|_| "10s".to_owned());
     let concurrency = std::env::var("KMM_BENCH_CONCURRENCY").unwrap_or_else(|_| "64".to_owned());
     let mut cmd = Command::new("oha");
-    cmd.args(["-z", &duration, "-c", &concurrency, "-m", "POST", "-T", "application/json", "--no-tui", "--output-format", "json"])
-        .arg("-D")
-        .arg(body)
-        .arg("--cacert")
-        .arg(ca);
+    cmd.args([
+        "-z",
+        &duration,
+        "-c",
+        &concurrency,
+        "-m",
+        "POST",
+        "-T",
+        "application/json",
+        "--no-tui",
+        "--output-format",
+        "json",
+    ])
+    .arg("-D")
+    .arg(body)
+    .arg("--cacert")
+    .arg(ca);
     if !keep_alive {
         cmd.arg("--disable-keepalive");
     }
     cmd.arg(url);
-    let out = run_ok(&mut cmd).context("oha failed (install it with `cargo install oha --locked`)")?;
+    let out =
+        run_ok(&mut cmd).context("oha failed (install it with `cargo install oha --locked`)")?;
     let v: Value = serde_json::from_slice(&out.stdout).context("oha printed no JSON")?;
     let f = |p: &str| v.pointer(p).and_then(Value::as_f64).unwrap_or(f64::NAN);
     Ok(Stats {
@@ -169,9 +196,22 @@ pub fn run() -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let target = target_dir(&root);
     println!("==> building release binaries");
-    run_ok(Command::new(&cargo).current_dir(&root).env("CARGO_TARGET_DIR", &target).args([
-        "build", "--release", "-p", "kmm-webhook", "-p", "kmm-certs", "--bins", "--example", "bench-floor",
-    ]))?;
+    run_ok(
+        Command::new(&cargo)
+            .current_dir(&root)
+            .env("CARGO_TARGET_DIR", &target)
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "kmm-webhook",
+                "-p",
+                "kmm-certs",
+                "--bins",
+                "--example",
+                "bench-floor",
+            ]),
+    )?;
     let bin = target.join("release");
 
     let work = std::env::temp_dir().join(format!("kmm-bench-webhook-{}", std::process::id()));
@@ -179,28 +219,85 @@ pub fn run() -> Result<()> {
     std::fs::create_dir_all(work.join("modules"))?;
     let certs = work.join("certs");
     // Service "localhost": the serving certificate's first SAN is `localhost`, so oha verifies it with --cacert.
-    run_ok(Command::new(bin.join("kmm-certs")).args(["create", "--service", "localhost", "--namespace", "bench", "--out-dir"]).arg(&certs))?;
+    run_ok(
+        Command::new(bin.join("kmm-certs"))
+            .args([
+                "create",
+                "--service",
+                "localhost",
+                "--namespace",
+                "bench",
+                "--out-dir",
+            ])
+            .arg(&certs),
+    )?;
     std::fs::write(work.join("modules/simple-kmod.yaml"), MODULE)?;
 
     let module_obj: Value = serde_norway::from_str(MODULE)?;
     let bodies = [
-        ("Module create", "/validate-module", review("1b4e28ba-2fa1-11d2-883f-0016d3cca427", ("kmm.sigs.x-k8s.io", "v1beta1", "Module"), "team", module_obj)),
-        ("Pod needing a driver", "/mutate-pod", review("1b4e28ba-2fa1-11d2-883f-0016d3cca428", ("", "v1", "Pod"), "team",
-            pod(json!({"kmm.sigs.x-k8s.io/modules": "simple-kmod"}), json!({"cpu": "500m", "memory": "128Mi", "kmm.sigs.x-k8s.io/team.simple-kmod": "1"})))),
-        ("Pod needing none", "/mutate-pod", review("1b4e28ba-2fa1-11d2-883f-0016d3cca429", ("", "v1", "Pod"), "team",
-            pod(json!({"prometheus.io/scrape": "true"}), json!({"cpu": "500m", "memory": "128Mi"})))),
+        (
+            "Module create",
+            "/validate-module",
+            review(
+                "1b4e28ba-2fa1-11d2-883f-0016d3cca427",
+                ("kmm.sigs.x-k8s.io", "v1beta1", "Module"),
+                "team",
+                module_obj,
+            ),
+        ),
+        (
+            "Pod needing a driver",
+            "/mutate-pod",
+            review(
+                "1b4e28ba-2fa1-11d2-883f-0016d3cca428",
+                ("", "v1", "Pod"),
+                "team",
+                pod(
+                    json!({"kmm.sigs.x-k8s.io/modules": "simple-kmod"}),
+                    json!({"cpu": "500m", "memory": "128Mi", "kmm.sigs.x-k8s.io/team.simple-kmod": "1"}),
+                ),
+            ),
+        ),
+        (
+            "Pod needing none",
+            "/mutate-pod",
+            review(
+                "1b4e28ba-2fa1-11d2-883f-0016d3cca429",
+                ("", "v1", "Pod"),
+                "team",
+                pod(
+                    json!({"prometheus.io/scrape": "true"}),
+                    json!({"cpu": "500m", "memory": "128Mi"}),
+                ),
+            ),
+        ),
     ];
 
     let (webhook, wh_addr) = start(
         Command::new(bin.join("kmm-webhook"))
-            .args(["--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0", "--loader-image", "registry.example/kmm-loader:0.1"])
-            .arg("--tls-cert").arg(certs.join("tls.crt"))
-            .arg("--tls-key").arg(certs.join("tls.key"))
-            .arg("--modules-from").arg(work.join("modules"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--health-listen",
+                "127.0.0.1:0",
+                "--loader-image",
+                "registry.example/kmm-loader:0.1",
+            ])
+            .arg("--tls-cert")
+            .arg(certs.join("tls.crt"))
+            .arg("--tls-key")
+            .arg(certs.join("tls.key"))
+            .arg("--modules-from")
+            .arg(work.join("modules"))
             .env("RUST_LOG", "warn"),
         "listening admission",
     )?;
-    let (_floor, floor_addr) = start(Command::new(bin.join("examples/bench-floor")).arg(certs.join("tls.crt")).arg(certs.join("tls.key")), "listening")?;
+    let (_floor, floor_addr) = start(
+        Command::new(bin.join("examples/bench-floor"))
+            .arg(certs.join("tls.crt"))
+            .arg(certs.join("tls.key")),
+        "listening",
+    )?;
     let port = |addr: &str| addr.rsplit(':').next().unwrap_or_default().to_owned();
     let (wh_port, floor_port) = (port(&wh_addr), port(&floor_addr));
     let ca = certs.join("ca.crt");
@@ -214,7 +311,10 @@ pub fn run() -> Result<()> {
         rows.push((format!("webhook: {name}"), oha(&url, &file, &ca, true)?));
         if i == 1 {
             println!("==> {name}, no keep-alive");
-            rows.push((format!("webhook: {name}, no keep-alive"), oha(&url, &file, &ca, false)?));
+            rows.push((
+                format!("webhook: {name}, no keep-alive"),
+                oha(&url, &file, &ca, false)?,
+            ));
         }
     }
     let file = work.join("body-1.json");
@@ -226,24 +326,43 @@ pub fn run() -> Result<()> {
     drop(webhook);
 
     println!();
-    println!("{:<44} {:>10} {:>9} {:>9} {:>9} {:>8} {:>9} {:>9}", "run", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "ok %", "x floor", "p99 x");
+    println!(
+        "{:<44} {:>10} {:>9} {:>9} {:>9} {:>8} {:>9} {:>9}",
+        "run", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "ok %", "x floor", "p99 x"
+    );
     let line = |name: &str, s: &Stats, base: &Stats| {
         println!(
             "{name:<44} {:>10.0} {:>9.3} {:>9.3} {:>9.3} {:>8.2} {:>9.2} {:>9.2}",
-            s.rps, s.p50_ms, s.p99_ms, s.p999_ms, s.success * 100.0, s.rps / base.rps, s.p99_ms / base.p99_ms
+            s.rps,
+            s.p50_ms,
+            s.p99_ms,
+            s.p999_ms,
+            s.success * 100.0,
+            s.rps / base.rps,
+            s.p99_ms / base.p99_ms
         );
     };
     line("floor (constant allowed:true)", &floor, &floor);
     line("floor, no keep-alive", &floor_no_ka, &floor_no_ka);
     let mut missed = Vec::new();
     for (name, s) in &rows {
-        let base = if name.ends_with("no keep-alive") { &floor_no_ka } else { &floor };
+        let base = if name.ends_with("no keep-alive") {
+            &floor_no_ka
+        } else {
+            &floor
+        };
         line(name, s, base);
         if s.rps < 0.8 * base.rps {
-            missed.push(format!("{name}: throughput {:.2}x the floor (target >= 0.8x)", s.rps / base.rps));
+            missed.push(format!(
+                "{name}: throughput {:.2}x the floor (target >= 0.8x)",
+                s.rps / base.rps
+            ));
         }
         if s.p99_ms > 2.0 * base.p99_ms {
-            missed.push(format!("{name}: p99 {:.2}x the floor's (target <= 2x)", s.p99_ms / base.p99_ms));
+            missed.push(format!(
+                "{name}: p99 {:.2}x the floor's (target <= 2x)",
+                s.p99_ms / base.p99_ms
+            ));
         }
         if s.success < 1.0 {
             missed.push(format!("{name}: success rate {:.4}", s.success));

@@ -210,4 +210,27 @@ spec: {selector: {x: y}}
         cat.reload();
         assert_eq!(cat.all().len(), 1);
     }
+
+    #[tokio::test]
+    async fn run_picks_up_a_new_file_without_waiting_for_the_poll() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = DirCatalog::open(dir.path()).unwrap();
+        assert!(cat.all().is_empty());
+        let (trigger, shutdown) = Shutdown::new();
+        let task = tokio::spawn(Arc::clone(&cat).run(Duration::from_secs(3600), shutdown));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        std::fs::write(dir.path().join("m.yaml"), TWO).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while cat.all().len() != 2 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap();
+        trigger.trigger();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
 }

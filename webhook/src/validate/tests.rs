@@ -21,8 +21,8 @@ fn request(
         operation: op,
         name: String::new(),
         namespace: Some("team".into()),
-        object,
-        old_object: old,
+        object: object.map(|v| serde_json::value::to_raw_value(&v).unwrap()),
+        old_object: old.map(|v| serde_json::value::to_raw_value(&v).unwrap()),
         dry_run: false,
     }
 }
