@@ -4,8 +4,11 @@
 //! - `check`: fails when a committed generated file differs from what the code produces;
 //! - `demo`: the main job on an embedded default, no cluster needed;
 //! - `test`: the whole test suite, as CI runs it (installs what it needs on a fresh Debian machine);
-//! - `bench NAME`: benchmarks, each against a baseline measured side by side.
+//! - `bench webhook|loader|device-plugin`: benchmarks, each against a baseline measured side by side.
 
+mod bench_device_plugin;
+mod bench_loader;
+mod bench_webhook;
 mod codegen;
 mod demo;
 mod suite;
@@ -34,6 +37,19 @@ enum Command {
         #[arg(long, env = "KMM_SKIP_INSTALL")]
         skip_install: bool,
     },
+    /// Benchmarks (commands, not tests): each runs a baseline side by side and prints the ratios.
+    #[command(subcommand)]
+    Bench(Bench),
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// The webhook over TLS (oha, keep-alive, concurrency 64) vs a bare rustls + axum floor; peak RSS.
+    Webhook,
+    /// verify vs `openssl cms -verify` and the sha256sum floor; sign vs sign-file.
+    Loader(bench_loader::BenchLoaderArgs),
+    /// The device plugin against the kubelet simulator: idle RSS, time to allocatable, re-registration, Allocate.
+    DevicePlugin,
 }
 
 fn main() -> Result<()> {
@@ -42,5 +58,8 @@ fn main() -> Result<()> {
         Command::Check => codegen::check(),
         Command::Demo => demo::run(),
         Command::Test { skip_install } => suite::run(skip_install),
+        Command::Bench(Bench::Webhook) => bench_webhook::run(),
+        Command::Bench(Bench::Loader(args)) => bench_loader::run(&args),
+        Command::Bench(Bench::DevicePlugin) => bench_device_plugin::run(),
     }
 }
