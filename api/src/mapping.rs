@@ -8,7 +8,8 @@
 
 mod envsubst;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{LazyLock, Mutex};
 
 use regex::Regex;
 use serde::Serialize;
@@ -149,8 +150,25 @@ pub fn kernel_variables(normalized: &str) -> Result<BTreeMap<&'static str, Strin
 /// Compiles a regexp with Go RE2 semantics: Perl classes (`\d`, `\w`, `\s`) and word boundaries are ASCII-only in
 /// Go, while the `regex` crate makes them Unicode-aware; they are rewritten to their ASCII forms. Go's `\Q...\E`
 /// literal quoting is supported too.
+///
+/// Compiled patterns are cached (admission and mapping see the same few patterns on every request); the cache is
+/// bounded and emptied when full, and a `Regex` clone shares the compiled program.
 pub fn compile_go_regexp(pattern: &str) -> Result<Regex, regex::Error> {
-    Regex::new(&asciify_perl_classes(pattern))
+    const MAX_CACHED: usize = 1024;
+    static CACHE: LazyLock<Mutex<HashMap<String, Regex>>> = LazyLock::new(Default::default);
+    if let Ok(cache) = CACHE.lock()
+        && let Some(re) = cache.get(pattern)
+    {
+        return Ok(re.clone());
+    }
+    let re = Regex::new(&asciify_perl_classes(pattern))?;
+    if let Ok(mut cache) = CACHE.lock() {
+        if cache.len() >= MAX_CACHED {
+            cache.clear();
+        }
+        cache.insert(pattern.to_owned(), re.clone());
+    }
+    Ok(re)
 }
 
 fn asciify_perl_classes(pattern: &str) -> String {
