@@ -28,9 +28,15 @@ pub struct BenchLoaderArgs {
 }
 
 fn run_ok(cmd: &mut Command) -> Result<()> {
-    let out = cmd.output().with_context(|| format!("failed to run {cmd:?}"))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("failed to run {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed: {}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+        bail!(
+            "{cmd:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
     Ok(())
 }
@@ -60,7 +66,8 @@ fn modules_under(dir: &Path) -> Result<Vec<PathBuf>> {
 
 fn release_loader() -> Result<PathBuf> {
     run_ok(Command::new(env!("CARGO")).args(["build", "--release", "-p", "kmm-loader"]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
     let bin = target.join("release/kmm-loader");
     ensure!(bin.is_file(), "{} missing after the build", bin.display());
     Ok(bin)
@@ -85,20 +92,53 @@ pub fn run(args: &BenchLoaderArgs) -> Result<()> {
     if args.verify_limit > 0 {
         modules.truncate(args.verify_limit);
     }
-    let bytes: u64 = modules.iter().map(|m| std::fs::metadata(m).map(|x| x.len()).unwrap_or(0)).sum();
-    println!("module tree: {} modules, {:.1} MiB ({})", modules.len(), bytes as f64 / 1048576.0, kernel.release());
+    let bytes: u64 = modules
+        .iter()
+        .map(|m| std::fs::metadata(m).map(|x| x.len()).unwrap_or(0))
+        .sum();
+    println!(
+        "module tree: {} modules, {:.1} MiB ({})",
+        modules.len(),
+        bytes as f64 / 1048576.0,
+        kernel.release()
+    );
 
     // The Debian certificate, extracted by kmm-loader itself.
     let cert = tmp.path().join("debian.pem");
-    let pem = Command::new(&loader).arg("extract-cert").arg("--kernel").arg(kernel.vmlinuz()).output()?;
-    ensure!(pem.status.success(), "extract-cert failed: {}", String::from_utf8_lossy(&pem.stderr));
+    let pem = Command::new(&loader)
+        .arg("extract-cert")
+        .arg("--kernel")
+        .arg(kernel.vmlinuz())
+        .output()?;
+    ensure!(
+        pem.status.success(),
+        "extract-cert failed: {}",
+        String::from_utf8_lossy(&pem.stderr)
+    );
     std::fs::write(&cert, &pem.stdout)?;
 
     // Warm the page cache so every contender reads from memory.
-    run_ok(Command::new(&sha256sum).args(&modules).stdout(std::process::Stdio::null()))?;
+    run_ok(
+        Command::new(&sha256sum)
+            .args(&modules)
+            .stdout(std::process::Stdio::null()),
+    )?;
 
-    let ours = timed(|| run_ok(Command::new(&loader).args(["--log", "warn", "verify", "--cert"]).arg(&cert).args(&modules)))?;
-    let floor = timed(|| run_ok(Command::new(&sha256sum).args(&modules).stdout(std::process::Stdio::null())))?;
+    let ours = timed(|| {
+        run_ok(
+            Command::new(&loader)
+                .args(["--log", "warn", "verify", "--cert"])
+                .arg(&cert)
+                .args(&modules),
+        )
+    })?;
+    let floor = timed(|| {
+        run_ok(
+            Command::new(&sha256sum)
+                .args(&modules)
+                .stdout(std::process::Stdio::null()),
+        )
+    })?;
 
     // openssl needs the PKCS#7 and the content as files: split them out (not timed).
     let split_dir = tmp.path().join("split");
@@ -106,8 +146,12 @@ pub fn run(args: &BenchLoaderArgs) -> Result<()> {
     let mut pairs = Vec::new();
     for (i, m) in modules.iter().enumerate() {
         let image = std::fs::read(m)?;
-        let app = kmm_loader::signature::split(&image)?.with_context(|| format!("{} is unsigned", m.display()))?;
-        let (sig, content) = (split_dir.join(format!("{i}.p7")), split_dir.join(format!("{i}.ko")));
+        let app = kmm_loader::signature::split(&image)?
+            .with_context(|| format!("{} is unsigned", m.display()))?;
+        let (sig, content) = (
+            split_dir.join(format!("{i}.p7")),
+            split_dir.join(format!("{i}.ko")),
+        );
         std::fs::write(&sig, app.sig)?;
         std::fs::write(&content, app.content)?;
         pairs.push((sig, content));
@@ -116,7 +160,17 @@ pub fn run(args: &BenchLoaderArgs) -> Result<()> {
         for (sig, content) in &pairs {
             run_ok(
                 Command::new(&openssl)
-                    .args(["cms", "-verify", "-binary", "-inform", "DER", "-noverify", "-nointern", "-purpose", "any"])
+                    .args([
+                        "cms",
+                        "-verify",
+                        "-binary",
+                        "-inform",
+                        "DER",
+                        "-noverify",
+                        "-nointern",
+                        "-purpose",
+                        "any",
+                    ])
                     .arg("-in")
                     .arg(sig)
                     .arg("-content")
@@ -131,15 +185,26 @@ pub fn run(args: &BenchLoaderArgs) -> Result<()> {
     })?;
     println!("verify {} modules:", modules.len());
     println!("  kmm-loader verify          {:8.2} s", ours.as_secs_f64());
-    println!("  openssl cms -verify loop   {:8.2} s   ({:.1}x kmm-loader; target >= 10x)", openssl_loop.as_secs_f64(), ratio(openssl_loop, ours));
-    println!("  sha256sum (hashing floor)  {:8.2} s   (kmm-loader = {:.2}x the floor; target <= 1.5x)", floor.as_secs_f64(), ratio(ours, floor));
+    println!(
+        "  openssl cms -verify loop   {:8.2} s   ({:.1}x kmm-loader; target >= 10x)",
+        openssl_loop.as_secs_f64(),
+        ratio(openssl_loop, ours)
+    );
+    println!(
+        "  sha256sum (hashing floor)  {:8.2} s   (kmm-loader = {:.2}x the floor; target <= 1.5x)",
+        floor.as_secs_f64(),
+        ratio(ours, floor)
+    );
 
     // Sign: the same unsigned modules for both tools, one fresh key.
     let key = tmp.path().join("key.priv");
     let pubder = tmp.path().join("pub.der");
     run_ok(
         Command::new(&openssl)
-            .args(["req", "-x509", "-new", "-nodes", "-utf8", "-sha256", "-days", "36500", "-batch", "-outform", "DER"])
+            .args([
+                "req", "-x509", "-new", "-nodes", "-utf8", "-sha256", "-days", "36500", "-batch",
+                "-outform", "DER",
+            ])
             .args(["-newkey", "rsa:2048", "-subj", "/CN=kmm-rs bench"])
             .arg("-out")
             .arg(&pubder)
@@ -165,11 +230,26 @@ pub fn run(args: &BenchLoaderArgs) -> Result<()> {
     let sign_file = kernel.sign_file();
     let theirs = timed(|| {
         for f in &files_a {
-            run_ok(Command::new(&sign_file).arg("sha256").arg(&key).arg(&pubder).arg(f))?;
+            run_ok(
+                Command::new(&sign_file)
+                    .arg("sha256")
+                    .arg(&key)
+                    .arg(&pubder)
+                    .arg(f),
+            )?;
         }
         Ok(())
     })?;
-    let ours_sign = timed(|| run_ok(Command::new(&loader).args(["sign", "--key"]).arg(&key).arg("--cert").arg(&pubder).args(&files_b)))?;
+    let ours_sign = timed(|| {
+        run_ok(
+            Command::new(&loader)
+                .args(["sign", "--key"])
+                .arg(&key)
+                .arg("--cert")
+                .arg(&pubder)
+                .args(&files_b),
+        )
+    })?;
     let mut identical = 0;
     for (a, b) in files_a.iter().zip(&files_b) {
         if std::fs::read(a)? == std::fs::read(b)? {
@@ -177,9 +257,19 @@ pub fn run(args: &BenchLoaderArgs) -> Result<()> {
         }
     }
     println!("sign {} modules (rsa:2048, sha256):", files_a.len());
-    println!("  kmm-loader sign            {:8.2} s", ours_sign.as_secs_f64());
-    println!("  sign-file per module       {:8.2} s   ({:.1}x kmm-loader; target >= 5x)", theirs.as_secs_f64(), ratio(theirs, ours_sign));
+    println!(
+        "  kmm-loader sign            {:8.2} s",
+        ours_sign.as_secs_f64()
+    );
+    println!(
+        "  sign-file per module       {:8.2} s   ({:.1}x kmm-loader; target >= 5x)",
+        theirs.as_secs_f64(),
+        ratio(theirs, ours_sign)
+    );
     println!("  byte-identical outputs     {identical}/{}", files_a.len());
-    ensure!(identical == files_a.len(), "kmm-loader's signatures differ from sign-file's");
+    ensure!(
+        identical == files_a.len(),
+        "kmm-loader's signatures differ from sign-file's"
+    );
     Ok(())
 }
