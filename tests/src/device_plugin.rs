@@ -229,7 +229,16 @@ impl Plugin {
     /// a 200 ms poll and the given extra flags (e.g. `--unhealthy-grace 1s`). The log is appended to; the plugin's
     /// `RUST_LOG` is `$KMM_TEST_PLUGIN_LOG` (default `info`).
     pub fn start(node: &Node, labels: &str, extra: &[&str]) -> Result<Self, HarnessError> {
-        let bin = binary()?;
+        Self::start_with(&binary()?, node, labels, extra)
+    }
+
+    /// [`Plugin::start`] with the binary `bin` (e.g. a release build for the benchmark).
+    pub fn start_with(
+        bin: &Path,
+        node: &Node,
+        labels: &str,
+        extra: &[&str],
+    ) -> Result<Self, HarnessError> {
         let log_path = node.log_path();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -266,6 +275,11 @@ impl Plugin {
             child: Some(child),
             log: log_path,
         })
+    }
+
+    /// The process ID while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The log so far.

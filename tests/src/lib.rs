@@ -8,7 +8,7 @@
 //!   from markers on the serial console; the static `kmm-loader` build for the guest.
 //! - [`kubelet_sim`]: a kubelet device-manager simulator (Registration server, ListAndWatch consumer, Allocate per
 //!   container, restarts that wipe the socket directory); [`device_plugin`]: the real `kmm-device-plugin` binary
-//!   run against a temporary host tree.
+//!   run against a temporary host tree; [`device_plugin_bench`]: its benchmark (`cargo xtask bench device-plugin`).
 //! - [`registry`]: Debian's `docker-registry` on 127.0.0.1 (plain, or TLS + htpasswd), `skopeo`, OCI layouts and
 //!   hostile tar layers for the image tests.
 //! - [`cache`], [`cmd`]: the shared cache directory (`$KMM_CACHE_DIR` or `~/.cache/kmm-rs`) and host tools.
@@ -19,6 +19,7 @@ pub mod cache;
 pub mod cmd;
 pub mod debian;
 pub mod device_plugin;
+pub mod device_plugin_bench;
 pub mod kmod_build;
 pub mod kubelet_sim;
 pub mod qemu;

@@ -12,13 +12,24 @@ use anyhow::{Context, Result, bail};
 
 fn release_plugin() -> Result<PathBuf> {
     let out = Command::new(env!("CARGO"))
-        .args(["build", "--release", "-p", "kmm-device-plugin", "--bin", "kmm-device-plugin"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "kmm-device-plugin",
+            "--bin",
+            "kmm-device-plugin",
+        ])
         .output()
         .context("failed to run cargo build")?;
     if !out.status.success() {
-        bail!("cargo build --release -p kmm-device-plugin failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "cargo build --release -p kmm-device-plugin failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
     Ok(target.join("release/kmm-device-plugin"))
 }
 
