@@ -6,11 +6,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::module::ModuleSpec;
-
-fn is_zero(n: &i32) -> bool {
-    *n == 0
-}
+use crate::module::{ModuleSpec, is_zero};
 
 /// A Module to create in the selected managed (spoke) clusters.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -25,7 +25,7 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
-fn is_zero(n: &i32) -> bool {
+pub(crate) fn is_zero(n: &i32) -> bool {
     *n == 0
 }
 

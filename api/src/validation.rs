@@ -110,11 +110,8 @@ pub fn validate_managed_cluster_module_update(
     new: &ManagedClusterModule,
 ) -> Result<(), Vec<FieldError>> {
     let mut errors = version_transition_errors(&old.spec.module_spec, &new.spec.module_spec);
-    for e in &mut errors {
-        e.path = e.path.replacen("spec.", "spec.moduleSpec.", 1);
-    }
-    errors.extend(mcm_errors(&new.spec));
-    into_result(errors)
+    errors.extend(module_errors("", "", &new.spec.module_spec, None));
+    into_result(under_module_spec(errors))
 }
 
 /// The namespace-deletion guard: a namespace labelled as holding Modules may not be deleted.
@@ -156,7 +153,11 @@ fn into_result(errors: Vec<FieldError>) -> Result<(), Vec<FieldError>> {
 }
 
 fn mcm_errors(spec: &ManagedClusterModuleSpec) -> Vec<FieldError> {
-    let mut errors = module_errors("", "", &spec.module_spec, None);
+    under_module_spec(module_errors("", "", &spec.module_spec, None))
+}
+
+/// Re-roots Module paths (`spec.x`) under a ManagedClusterModule's `spec.moduleSpec.x`.
+fn under_module_spec(mut errors: Vec<FieldError>) -> Vec<FieldError> {
     for e in &mut errors {
         e.path = e.path.replacen("spec.", "spec.moduleSpec.", 1);
     }
