@@ -6,6 +6,8 @@
 //! execution only ever runs inside a test VM or on a node.
 
 pub mod deps;
+mod remove;
+pub mod softdep;
 pub mod sysfs;
 
 use std::ffi::CString;
@@ -14,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-pub use deps::{ModuleIndex, softdep_conf, softdep_sequence};
+pub use deps::{ModuleIndex, softdep_conf};
+pub use softdep::{Builtins, Probe, SoftdepLine, parse_softdep_file, probe_list};
 pub use sysfs::{HostPaths, ModuleState, normalize};
 
 use crate::keys::{self, TrustStore};
@@ -98,9 +101,11 @@ pub struct LoadRequest {
 /// One step of a load or unload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Unload a module (its state was checked: loaded and not in use).
+    /// Unload a module (its state was checked: loaded and not in use). `required`: the module was asked for;
+    /// otherwise it is a dependency or softdep that became unused, and a failure is not fatal.
     Unload {
         module: String,
+        required: bool,
     },
     CopyFirmware {
         from: PathBuf,
@@ -111,11 +116,13 @@ pub enum Action {
         file: PathBuf,
         value: String,
     },
-    /// Load from the file with `finit_module` (uncompressed, unverified).
+    /// Load from the file with `finit_module` (uncompressed, unverified). `required`: the requested module or
+    /// one of its dependencies; otherwise only a softdep, whose failure is skipped like modprobe does.
     LoadFile {
         module: String,
         path: PathBuf,
         params: String,
+        required: bool,
     },
     /// Load these exact bytes with `init_module` (decompressed, or verified in user space).
     LoadImage {
@@ -123,6 +130,7 @@ pub enum Action {
         path: PathBuf,
         image: Vec<u8>,
         params: String,
+        required: bool,
     },
     Skip {
         module: String,
@@ -133,7 +141,7 @@ pub enum Action {
 impl std::fmt::Display for Action {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Action::Unload { module } => write!(f, "unload {module}"),
+            Action::Unload { module, .. } => write!(f, "unload {module}"),
             Action::CopyFirmware { from, to } => {
                 write!(f, "copy firmware {} -> {}", from.display(), to.display())
             }
@@ -142,16 +150,21 @@ impl std::fmt::Display for Action {
                 module,
                 path,
                 params,
+                required,
             }
             | Action::LoadImage {
                 module,
                 path,
                 params,
+                required,
                 ..
             } => {
                 write!(f, "load {module} ({})", path.display())?;
                 if !params.is_empty() {
                     write!(f, " {params}")?;
+                }
+                if !required {
+                    write!(f, " [softdep]")?;
                 }
                 Ok(())
             }
@@ -203,7 +216,8 @@ pub fn check_vermagic(
     }
 }
 
-/// Plans a load: in-tree removals, firmware, then each module of the softdep sequence with its dependencies.
+/// Plans a load: in-tree removals (like `modprobe -r`, unused dependencies included), firmware, then the
+/// module's probe list: dependencies first, softdeps (the modules' own and `--order`'s) around them.
 pub fn plan_load(
     host: &HostPaths,
     req: &LoadRequest,
@@ -213,35 +227,18 @@ pub fn plan_load(
         .kernel_version
         .clone()
         .unwrap_or_else(|| running.to_string());
-    let builtin = host.builtin_modules(&kernel);
-    let mut actions = Vec::new();
+    let mut builtins = Builtins::load(host, &kernel);
+    let tree = req.dir.join("lib/modules").join(&kernel);
+    let mut index = ModuleIndex::build(&[tree, host.lib_modules(&kernel)])?;
 
+    // In-tree removal resolves against the host's tree only, as upstream's `modprobe -rv` (no -d) does.
+    let mut host_index = ModuleIndex::build(&[host.lib_modules(&kernel)])?;
+    let mut remover = remove::Remover::new(host, &mut host_index, &mut builtins);
     for m in &req.remove_in_tree {
-        match host.module_state(m, &builtin) {
-            ModuleState::Loaded {
-                refcnt, holders, ..
-            } => {
-                if refcnt > 0 || !holders.is_empty() {
-                    return Err(ModprobeError::UnloadInUse {
-                        module: normalize(m),
-                        refcnt,
-                        holders: holders.join(","),
-                    });
-                }
-                actions.push(Action::Unload {
-                    module: normalize(m),
-                });
-            }
-            ModuleState::Builtin => actions.push(Action::Skip {
-                module: normalize(m),
-                reason: "built into the kernel, cannot remove".into(),
-            }),
-            ModuleState::NotLoaded => actions.push(Action::Skip {
-                module: normalize(m),
-                reason: "in-tree module not loaded".into(),
-            }),
-        }
+        remover.remove(m, true, "in-tree module not loaded")?;
     }
+    let removed = std::mem::take(&mut remover.removed);
+    let mut actions = std::mem::take(&mut remover.actions);
 
     if let Some((from, to)) = &req.firmware {
         actions.push(Action::CopyFirmware {
@@ -261,81 +258,128 @@ pub fn plan_load(
     } else {
         Some(TrustStore::load(&req.require_signature).map_err(ModprobeError::LoadCertificates)?)
     };
-    let tree = req.dir.join("lib/modules").join(&kernel);
-    let mut index = ModuleIndex::build(&[tree, host.lib_modules(&kernel)])?;
     let target = normalize(&req.module);
     let params = build_params(&req.params)?;
+    let order = parse_softdep_file(&softdep_conf(&req.order));
+    for line in &order {
+        if let Ok(Some(own)) = index.softdep(&line.pattern, &[]) {
+            tracing::warn!(
+                module = %line.pattern,
+                own = %softdep::describe(&own),
+                "the module's own softdep takes precedence over --order (modprobe reads modules.softdep first)"
+            );
+        }
+    }
+    let probes = probe_list(&mut index, &order, &mut builtins, &target)?;
     let mut planned: Vec<String> = Vec::new();
-    for top in softdep_sequence(&req.order, &target) {
-        for m in index.load_order(&top)? {
-            if planned.contains(&m) {
+    for probe in probes {
+        let (m, required) = match probe {
+            Probe::Unresolved { name, reason } => {
+                actions.push(Action::Skip {
+                    module: name,
+                    reason,
+                });
                 continue;
             }
-            planned.push(m.clone());
-            // Modules removed above will be loaded again from the image.
-            let removed = actions
-                .iter()
-                .any(|a| matches!(a, Action::Unload { module } if *module == m));
-            let state = if removed {
-                ModuleState::NotLoaded
-            } else {
-                host.module_state(&m, &builtin)
-            };
-            match state {
-                ModuleState::Builtin => {
-                    actions.push(Action::Skip {
-                        module: m,
-                        reason: "built into the kernel".into(),
-                    });
-                    continue;
-                }
-                ModuleState::Loaded { .. } => {
-                    actions.push(Action::Skip {
-                        module: m,
-                        reason: "already loaded".into(),
-                    });
-                    continue;
-                }
-                ModuleState::NotLoaded => {}
-            }
-            let path = index.path(&m)?.to_path_buf();
-            let (file, info) =
-                modinfo::read_modinfo(&path).map_err(|source| ModprobeError::ReadModule {
-                    module: m.clone(),
-                    source,
-                })?;
-            check_vermagic(&m, info.vermagic().as_deref(), running)?;
-            let module_params = if m == target {
-                params.clone()
-            } else {
-                String::new()
-            };
-            if let Some(store) = &store {
-                signature::verify(&file.image, store).map_err(|reason| {
-                    ModprobeError::VerifySignature {
-                        module: m.clone(),
-                        path: path.clone(),
-                        reason,
-                    }
-                })?;
-            }
-            if store.is_some() || file.compression != crate::compress::Compression::None {
-                actions.push(Action::LoadImage {
-                    module: m,
-                    path,
-                    image: file.image,
-                    params: module_params,
+            Probe::Builtin { module } => {
+                actions.push(Action::Skip {
+                    module,
+                    reason: "built into the kernel".into(),
                 });
-            } else {
-                actions.push(Action::LoadFile {
+                continue;
+            }
+            Probe::Module { module, required } => (module, required),
+        };
+        if planned.contains(&m) {
+            continue;
+        }
+        planned.push(m.clone());
+        // Modules removed above will be loaded again from the image.
+        let state = if removed.contains(&m) {
+            ModuleState::NotLoaded
+        } else {
+            host.module_state(&m, &builtins.names)
+        };
+        match state {
+            ModuleState::Builtin => {
+                actions.push(Action::Skip {
                     module: m,
-                    path,
-                    params: module_params,
+                    reason: "built into the kernel".into(),
+                });
+                continue;
+            }
+            ModuleState::Loaded { .. } => {
+                actions.push(Action::Skip {
+                    module: m,
+                    reason: "already loaded".into(),
+                });
+                continue;
+            }
+            ModuleState::NotLoaded => {}
+        }
+        let module_params = if m == target {
+            params.clone()
+        } else {
+            String::new()
+        };
+        match plan_one(&index, store.as_ref(), &m, module_params, required, running) {
+            Ok(action) => actions.push(action),
+            Err(e) if !required => {
+                tracing::warn!(module = %m, error = %e, "softdep skipped");
+                actions.push(Action::Skip {
+                    module: m,
+                    reason: format!("softdep not loaded: {e}"),
                 });
             }
+            Err(e) => return Err(e),
         }
     }
     Ok(actions)
+}
+
+/// The load action of one module: read, vermagic checked, signature verified when required.
+fn plan_one(
+    index: &ModuleIndex,
+    store: Option<&TrustStore>,
+    m: &str,
+    params: String,
+    required: bool,
+    running: &str,
+) -> Result<Action, ModprobeError> {
+    let path = index.path(m)?.to_path_buf();
+    let (file, info) =
+        modinfo::read_modinfo(&path).map_err(|source| ModprobeError::ReadModule {
+            module: m.to_string(),
+            source,
+        })?;
+    check_vermagic(m, info.vermagic().as_deref(), running)?;
+    if let Some(store) = store {
+        signature::verify(&file.image, store).map_err(|reason| ModprobeError::VerifySignature {
+            module: m.to_string(),
+            path: path.clone(),
+            reason,
+        })?;
+    }
+    // The kernel (Debian: no CONFIG_MODULE_DECOMPRESS) cannot take compressed files, and verified bytes must be
+    // the bytes loaded: both go through init_module with the image in memory.
+    Ok(
+        if store.is_some() || file.compression != crate::compress::Compression::None {
+            Action::LoadImage {
+                module: m.to_string(),
+                path,
+                image: file.image,
+                params,
+                required,
+            }
+        } else {
+            Action::LoadFile {
+                module: m.to_string(),
+                path,
+                params,
+                required,
+            }
+        },
+    )
 }
 
 /// Translates a `finit_module`/`init_module` errno into advice; `None` means success (EEXIST: already loaded).
@@ -386,44 +430,69 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Executes planned actions; returns one human-readable line per action.
+/// Executes planned actions; returns one human-readable line per action. A failing optional action (a softdep,
+/// an unused dependency) is reported and skipped, like modprobe does.
 pub fn execute(actions: Vec<Action>, running: &str) -> Result<Vec<String>, ModprobeError> {
     let mut report = Vec::new();
     for action in actions {
         let line = action.to_string();
-        match action {
-            Action::Unload { module } => delete(&module)?,
-            Action::CopyFirmware { from, to } => copy_dir(&from, &to)
-                .map_err(|source| ModprobeError::CopyFirmware { from, to, source })?,
-            Action::SetFirmwarePath { file, value } => std::fs::write(&file, &value)
-                .map_err(|source| ModprobeError::SetFirmwarePath { path: file, source })?,
+        let (result, required) = match action {
+            Action::Unload { module, required } => (delete(&module), required),
+            Action::CopyFirmware { from, to } => (
+                copy_dir(&from, &to).map_err(|source| ModprobeError::CopyFirmware {
+                    from,
+                    to,
+                    source,
+                }),
+                true,
+            ),
+            Action::SetFirmwarePath { file, value } => (
+                std::fs::write(&file, &value)
+                    .map_err(|source| ModprobeError::SetFirmwarePath { path: file, source }),
+                true,
+            ),
             Action::LoadFile {
                 module,
                 path,
                 params,
-            } => {
-                let c = cstring(&params, &module)?;
-                let fd = std::fs::File::open(&path).map_err(|e| ModprobeError::LoadModule {
-                    module: module.clone(),
-                    reason: format!("open {}: {e}", path.display()),
-                })?;
-                load_result(&module, rustix::system::finit_module(&fd, &c, 0), running)?;
-            }
+                required,
+            } => (load_file(&module, &path, &params, running), required),
             Action::LoadImage {
                 module,
                 image,
                 params,
+                required,
                 ..
-            } => {
-                let c = cstring(&params, &module)?;
-                load_result(&module, rustix::system::init_module(&image, &c), running)?;
+            } => (
+                cstring(&params, &module).and_then(|c| {
+                    load_result(&module, rustix::system::init_module(&image, &c), running)
+                }),
+                required,
+            ),
+            Action::Skip { .. } => (Ok(()), true),
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!("{line}");
+                report.push(line);
             }
-            Action::Skip { .. } => {}
+            Err(e) if !required => {
+                tracing::warn!(error = %e, "{line}: failed, not fatal");
+                report.push(format!("{line}: failed, not fatal: {e}"));
+            }
+            Err(e) => return Err(e),
         }
-        tracing::info!("{line}");
-        report.push(line);
     }
     Ok(report)
+}
+
+fn load_file(module: &str, path: &Path, params: &str, running: &str) -> Result<(), ModprobeError> {
+    let c = cstring(params, module)?;
+    let fd = std::fs::File::open(path).map_err(|e| ModprobeError::LoadModule {
+        module: module.to_string(),
+        reason: format!("open {}: {e}", path.display()),
+    })?;
+    load_result(module, rustix::system::finit_module(&fd, &c, 0), running)
 }
 
 fn load_result(
@@ -465,8 +534,9 @@ pub fn load(host: &HostPaths, req: &LoadRequest) -> Result<Vec<String>, Modprobe
     execute(actions, &running)
 }
 
-/// Plans an unload: each target (the `--order` list, else the module) if loaded and unused, then the
-/// dependencies that are left unused, in reverse load order. Never forces.
+/// Plans an unload like `modprobe -r`: each target (the `--order` list, else the module) if loaded and unused,
+/// then the dependencies left unused in reverse dependency order, with the modules' softdeps (see
+/// [`remove`]). Never forces.
 pub fn plan_unload(
     host: &HostPaths,
     dir: Option<&Path>,
@@ -474,7 +544,7 @@ pub fn plan_unload(
     order: &[String],
     module: &str,
 ) -> Result<Vec<Action>, ModprobeError> {
-    let builtin = host.builtin_modules(kernel);
+    let mut builtins = Builtins::load(host, kernel);
     let mut trees = Vec::new();
     if let Some(d) = dir {
         trees.push(d.join("lib/modules").join(kernel));
@@ -486,67 +556,11 @@ pub fn plan_unload(
     } else {
         order.iter().map(|m| normalize(m)).collect()
     };
-    let mut actions: Vec<Action> = Vec::new();
-    let mut removed: Vec<String> = Vec::new();
+    let mut remover = remove::Remover::new(host, &mut index, &mut builtins);
     for target in &targets {
-        let deps = if index.contains(target) {
-            index.load_order(target)?
-        } else {
-            vec![target.clone()]
-        };
-        for (i, m) in deps.iter().rev().enumerate() {
-            if removed.contains(m) {
-                continue;
-            }
-            let is_target = i == 0;
-            match host.module_state(m, &builtin) {
-                ModuleState::Loaded {
-                    refcnt, holders, ..
-                } => {
-                    // Holders removed earlier in this plan no longer count, neither in holders nor in refcnt.
-                    let gone =
-                        i64::try_from(holders.iter().filter(|h| removed.contains(h)).count())
-                            .unwrap_or(0);
-                    let holders: Vec<String> = holders
-                        .into_iter()
-                        .filter(|h| !removed.contains(h))
-                        .collect();
-                    if refcnt - gone > 0 || !holders.is_empty() {
-                        if is_target {
-                            return Err(ModprobeError::UnloadInUse {
-                                module: m.clone(),
-                                refcnt,
-                                holders: holders.join(","),
-                            });
-                        }
-                        actions.push(Action::Skip {
-                            module: m.clone(),
-                            reason: format!(
-                                "still in use (refcount {refcnt}, holders [{}])",
-                                holders.join(",")
-                            ),
-                        });
-                        continue;
-                    }
-                    actions.push(Action::Unload { module: m.clone() });
-                    removed.push(m.clone());
-                }
-                ModuleState::Builtin => actions.push(Action::Skip {
-                    module: m.clone(),
-                    reason: "built into the kernel".into(),
-                }),
-                ModuleState::NotLoaded => {
-                    if is_target {
-                        actions.push(Action::Skip {
-                            module: m.clone(),
-                            reason: "not loaded".into(),
-                        });
-                    }
-                }
-            }
-        }
+        remover.remove(target, true, "not loaded")?;
     }
-    Ok(actions)
+    Ok(remover.actions)
 }
 
 /// Plans then executes an unload.

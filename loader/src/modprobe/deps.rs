@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use super::softdep::{SoftdepLine, parse_alias_file, parse_softdep_file};
 use super::sysfs::{module_name_from_path, normalize};
 use crate::modinfo;
 
@@ -20,21 +21,35 @@ pub enum DepsError {
     #[error("failed to read modinfo")]
     ReadModinfo(#[source] modinfo::ModinfoError),
     #[error("failed to read {path}")]
-    ReadModulesDep {
+    ReadIndexFile {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
 }
 
-/// Module files by name, with dependencies.
+/// Module files by name, with dependencies, soft dependencies and aliases.
 #[derive(Debug, Clone, Default)]
 pub struct ModuleIndex {
-    dirs: Vec<PathBuf>,
+    pub(super) dirs: Vec<PathBuf>,
     paths: BTreeMap<String, PathBuf>,
+    /// The index in `dirs` of the tree each module comes from.
+    pub(super) tree: HashMap<String, usize>,
     /// From modules.dep (names); modules missing here fall back to `.modinfo depends`.
     dep_file: HashMap<String, Vec<String>>,
-    modinfo_cache: HashMap<String, Vec<String>>,
+    /// Per tree: its `modules.softdep` lines, when the file exists (else `.modinfo softdep` is used).
+    pub(super) softdep_files: Vec<Option<Vec<SoftdepLine>>>,
+    /// Per tree: its `modules.alias` lines (pattern, module), when the file exists (else `.modinfo alias`).
+    pub(super) alias_files: Vec<Option<Vec<(String, String)>>>,
+    modinfo_cache: HashMap<String, CachedInfo>,
+}
+
+/// The `.modinfo` fields dependency resolution needs, read once per module.
+#[derive(Debug, Clone, Default)]
+pub(super) struct CachedInfo {
+    pub depends: Vec<String>,
+    pub softdeps: Vec<String>,
+    pub aliases: Vec<String>,
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -50,6 +65,18 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         } else if module_name_from_path(&p).is_some() {
             out.push(p);
         }
+    }
+}
+
+/// The text of `path`, or `None` when it does not exist.
+fn read_optional(path: &Path) -> Result<Option<String>, DepsError> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(DepsError::ReadIndexFile {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -82,31 +109,62 @@ impl ModuleIndex {
             dirs: dirs.to_vec(),
             ..ModuleIndex::default()
         };
-        for dir in dirs {
-            let dep_path = dir.join("modules.dep");
-            if dep_path.is_file() {
-                let text = std::fs::read_to_string(&dep_path).map_err(|source| {
-                    DepsError::ReadModulesDep {
-                        path: dep_path.clone(),
-                        source,
-                    }
-                })?;
+        for (t, dir) in dirs.iter().enumerate() {
+            if let Some(text) = read_optional(&dir.join("modules.dep"))? {
                 for (name, path, deps) in parse_modules_dep(&text, dir) {
                     if !idx.paths.contains_key(&name) {
                         idx.paths.insert(name.clone(), path);
+                        idx.tree.insert(name.clone(), t);
                         idx.dep_file.insert(name, deps);
                     }
                 }
             }
+            idx.softdep_files
+                .push(read_optional(&dir.join("modules.softdep"))?.map(|t| parse_softdep_file(&t)));
+            idx.alias_files
+                .push(read_optional(&dir.join("modules.alias"))?.map(|t| parse_alias_file(&t)));
             let mut files = Vec::new();
             walk(dir, &mut files);
             for f in files {
-                if let Some(name) = module_name_from_path(&f) {
-                    idx.paths.entry(name).or_insert(f);
+                if let Some(name) = module_name_from_path(&f)
+                    && !idx.paths.contains_key(&name)
+                {
+                    idx.tree.insert(name.clone(), t);
+                    idx.paths.insert(name, f);
                 }
             }
         }
         Ok(idx)
+    }
+
+    /// Module names of tree `t`, sorted.
+    pub(super) fn modules_of_tree(&self, t: usize) -> Vec<String> {
+        self.paths
+            .keys()
+            .filter(|n| self.tree.get(*n) == Some(&t))
+            .cloned()
+            .collect()
+    }
+
+    /// The `.modinfo` facts of `name` (read once).
+    pub(super) fn info(&mut self, name: &str) -> Result<&CachedInfo, DepsError> {
+        let name = normalize(name);
+        if !self.modinfo_cache.contains_key(&name) {
+            let path = self.path(&name)?.to_path_buf();
+            let (_, info) = modinfo::read_modinfo(&path).map_err(DepsError::ReadModinfo)?;
+            let cached = CachedInfo {
+                depends: info.depends().iter().map(|d| normalize(d)).collect(),
+                softdeps: info.get_all("softdep"),
+                aliases: info.get_all("alias"),
+            };
+            self.modinfo_cache.insert(name.clone(), cached);
+        }
+        self.modinfo_cache
+            .get(&name)
+            .ok_or_else(|| DepsError::FindModule {
+                module: name,
+                dirs: String::new(),
+            })
     }
 
     /// The file of module `name`.
@@ -135,14 +193,7 @@ impl ModuleIndex {
         if let Some(d) = self.dep_file.get(&name) {
             return Ok(d.clone());
         }
-        if let Some(d) = self.modinfo_cache.get(&name) {
-            return Ok(d.clone());
-        }
-        let path = self.path(&name)?.to_path_buf();
-        let (_, info) = modinfo::read_modinfo(&path).map_err(DepsError::ReadModinfo)?;
-        let deps: Vec<String> = info.depends().iter().map(|d| normalize(d)).collect();
-        self.modinfo_cache.insert(name, deps.clone());
-        Ok(deps)
+        Ok(self.info(&name)?.depends.clone())
     }
 
     /// `name` and everything it depends on, dependencies first (depth-first post-order, like modprobe).
@@ -174,24 +225,6 @@ impl ModuleIndex {
         done.push(name.to_string());
         Ok(())
     }
-}
-
-/// The modules to load for `--order a,b,c` and the target `module`: upstream's modulesLoadingOrder is rendered
-/// as `softdep a pre: b`, `softdep b pre: c`, so loading `a` first loads `c`, then `b`, then `a`. The target
-/// comes last (it is normally `a`); duplicates are dropped.
-pub fn softdep_sequence(order: &[String], module: &str) -> Vec<String> {
-    let mut seq: Vec<String> = Vec::new();
-    for m in order
-        .iter()
-        .rev()
-        .map(|m| normalize(m))
-        .chain(std::iter::once(normalize(module)))
-    {
-        if !seq.contains(&m) {
-            seq.push(m);
-        }
-    }
-    seq
 }
 
 /// The `/etc/modprobe.d/softdep.conf` text upstream renders for an order (kept for compatibility checks).
@@ -259,10 +292,8 @@ mod tests {
     }
 
     #[test]
-    fn softdep_order_matches_upstream() {
+    fn softdep_conf_matches_upstream() {
         let order: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
-        assert_eq!(softdep_sequence(&order, "a"), vec!["c", "b", "a"]);
-        assert_eq!(softdep_sequence(&[], "x-y"), vec!["x_y"]);
         assert_eq!(softdep_conf(&order), "softdep a pre: b\nsoftdep b pre: c\n");
     }
 

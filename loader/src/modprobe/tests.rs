@@ -389,3 +389,343 @@ fn params_are_quoted_for_the_kernel() {
     );
     assert!(build_params(&["bad=\"x y\"".into()]).is_err());
 }
+
+fn module_with(name: &str, depends: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+    let mut mi = format!(
+        "license=GPL\0depends={depends}\0name={name}\0vermagic={KVER} SMP preempt mod_unload modversions \0"
+    );
+    for (k, v) in extra {
+        mi.push_str(&format!("{k}={v}\0"));
+    }
+    build_elf64(&[(".text", b"\xc3"), (".modinfo", mi.as_bytes())])
+}
+
+/// (module, required) of the load actions, and the skipped names with their reasons.
+fn loads_and_skips(actions: &[Action]) -> (Vec<(String, bool)>, Vec<String>) {
+    let mut loads = Vec::new();
+    let mut skips = Vec::new();
+    for a in actions {
+        match a {
+            Action::LoadFile {
+                module, required, ..
+            }
+            | Action::LoadImage {
+                module, required, ..
+            } => loads.push((module.clone(), *required)),
+            Action::Skip { module, reason } => skips.push(format!("{module}: {reason}")),
+            _ => {}
+        }
+    }
+    (loads, skips)
+}
+
+#[test]
+fn softdeps_from_modinfo_load_around_the_module_like_kmod() {
+    let f = fixture();
+    // top depends on dep; dep has its own pre-softdep; top: pre p1 (which depends on p1dep) and a missing name,
+    // post q. Extra MODULE_SOFTDEP values after the first are ignored, as modprobe does.
+    put(
+        &f.image,
+        "top.ko",
+        &module_with(
+            "top",
+            "dep",
+            &[
+                ("softdep", "pre: p1 kmm-missing post: q"),
+                ("softdep", "pre: ignored"),
+            ],
+        ),
+    );
+    put(
+        &f.image,
+        "dep.ko",
+        &module_with("dep", "", &[("softdep", "pre: dp")]),
+    );
+    put(&f.image, "dp.ko", &module_with("dp", "", &[]));
+    put(&f.image, "p1.ko", &module_with("p1", "p1dep", &[]));
+    put(&f.root, "kernel/p1dep.ko", &module_with("p1dep", "", &[]));
+    put(&f.image, "q.ko", &module_with("q", "", &[]));
+    put(&f.image, "ignored.ko", &module_with("ignored", "", &[]));
+    let mut r = req("top");
+    r.dir = f.image.clone();
+    let actions = plan_load(&f.host, &r, KVER).unwrap();
+    let (loads, skips) = loads_and_skips(&actions);
+    assert_eq!(
+        loads,
+        [
+            ("dp", false),
+            ("dep", true),
+            ("p1dep", false),
+            ("p1", false),
+            ("top", true),
+            ("q", false)
+        ]
+        .map(|(m, r)| (m.to_string(), r))
+    );
+    assert_eq!(
+        skips,
+        ["kmm-missing: not found (softdep skipped, as modprobe does)"]
+    );
+    assert!(names(&actions).contains(&format!(
+            "load q ({}) [softdep]",
+            f.image.join("lib/modules").join(KVER).join("q.ko").display()
+        )));
+
+    // A softdep that cannot be loaded (built for another kernel) is skipped; the module still loads.
+    put(&f.image, "q.ko", &module_bytes("q", "", "6.1.0-99-amd64"));
+    let (loads, skips) = loads_and_skips(&plan_load(&f.host, &r, KVER).unwrap());
+    assert!(!loads.iter().any(|(m, _)| m == "q"), "{loads:?}");
+    assert!(
+        skips
+            .iter()
+            .any(|s| s.starts_with("q: softdep not loaded: refusing to load q: vermagic")),
+        "{skips:?}"
+    );
+    // The same problem in a real dependency is fatal.
+    put(
+        &f.image,
+        "dep.ko",
+        &module_bytes("dep", "", "6.1.0-99-amd64"),
+    );
+    assert!(matches!(
+        plan_load(&f.host, &r, KVER),
+        Err(ModprobeError::CheckVermagic { module, .. }) if module == "dep"
+    ));
+}
+
+#[test]
+fn softdeps_already_loaded_or_unverified_are_skipped_not_fatal() {
+    let f = fixture();
+    let key = TestKey::rsa(2048);
+    let sign = |b: Vec<u8>| key.signer().sign_image(&b).unwrap();
+    put(
+        &f.image,
+        "top.ko",
+        &sign(module_with(
+            "top",
+            "",
+            &[("softdep", "pre: loaded-one unsigned")],
+        )),
+    );
+    put(
+        &f.image,
+        "loaded_one.ko",
+        &sign(module_with("loaded_one", "", &[])),
+    );
+    put(&f.image, "unsigned.ko", &module_with("unsigned", "", &[]));
+    mark_loaded(&f, "loaded_one", 0, &[]);
+    let mut r = req("top");
+    r.dir = f.image.clone();
+    r.require_signature = vec![key.cert_path.clone()];
+    let actions = plan_load(&f.host, &r, KVER).unwrap();
+    let (loads, skips) = loads_and_skips(&actions);
+    assert_eq!(loads, [("top".to_string(), true)]);
+    assert_eq!(skips[0], "loaded_one: already loaded");
+    assert!(
+        skips[1].starts_with("unsigned: softdep not loaded: refusing to load unsigned (")
+            && skips[1].contains("no module signature appended"),
+        "{skips:?}"
+    );
+}
+
+#[test]
+fn modules_softdep_file_and_aliases_resolve_like_kmod() {
+    let f = fixture();
+    // The image tree has a modules.softdep (depmod's output): it wins over .modinfo, first matching line only.
+    put(
+        &f.image,
+        "top.ko",
+        &module_with("top", "", &[("softdep", "pre: from-modinfo")]),
+    );
+    put(
+        &f.image,
+        "from_modinfo.ko",
+        &module_with("from_modinfo", "", &[]),
+    );
+    put(
+        &f.image,
+        "foo_generic.ko",
+        &module_with(
+            "foo_generic",
+            "",
+            &[("alias", "crypto-foo"), ("alias", "foo")],
+        ),
+    );
+    put(
+        &f.image,
+        "foo_fast.ko",
+        &module_with("foo_fast", "", &[("alias", "crypto-foo")]),
+    );
+    std::fs::write(
+        f.image
+            .join("lib/modules")
+            .join(KVER)
+            .join("modules.softdep"),
+        "# Soft dependencies extracted from modules themselves.\n\
+         softdep t*p pre: crypto-foo kmm-builtin-alias crc32c_generic post: platform:bar-baz\n\
+         softdep top pre: from-modinfo\n",
+    )
+    .unwrap();
+    // The host tree has a modules.alias; built-in aliases come from modules.builtin.modinfo.
+    put(&f.root, "kernel/bar.ko", &module_with("bar", "", &[]));
+    let host_tree = f.root.join("lib/modules").join(KVER);
+    std::fs::write(
+        host_tree.join("modules.alias"),
+        "alias platform:bar-baz bar\n",
+    )
+    .unwrap();
+    std::fs::write(
+        host_tree.join("modules.builtin.modinfo"),
+        b"sha256_generic.alias=kmm-builtin-alias\0sha256_generic.license=GPL\0",
+    )
+    .unwrap();
+    let mut r = req("top");
+    r.dir = f.image.clone();
+    let actions = plan_load(&f.host, &r, KVER).unwrap();
+    let (loads, skips) = loads_and_skips(&actions);
+    assert_eq!(
+        loads,
+        [
+            ("foo_fast", false),
+            ("foo_generic", false),
+            ("top", true),
+            ("bar", false)
+        ]
+        .map(|(m, r)| (m.to_string(), r))
+    );
+    assert_eq!(
+        skips,
+        [
+            "sha256_generic: built into the kernel",
+            "crc32c_generic: built into the kernel"
+        ]
+    );
+}
+
+#[test]
+fn order_lines_are_softdeps_and_a_module_own_softdep_wins() {
+    let f = fixture();
+    put(
+        &f.image,
+        "a.ko",
+        &module_with("a", "", &[("softdep", "post: own")]),
+    );
+    for m in ["b", "c", "own"] {
+        put(&f.image, &format!("{m}.ko"), &module_with(m, "", &[]));
+    }
+    let mut r = req("a");
+    r.dir = f.image.clone();
+    r.order = vec!["a".into(), "b".into(), "c".into()];
+    // modprobe reads modules.softdep (here: a's .modinfo) before /etc/modprobe.d/softdep.conf.
+    let (loads, _) = loads_and_skips(&plan_load(&f.host, &r, KVER).unwrap());
+    assert_eq!(
+        loads,
+        [("a", true), ("own", false)].map(|(m, r)| (m.to_string(), r))
+    );
+    // b's order line still applies when b is loaded.
+    r.module = "b".into();
+    let (loads, _) = loads_and_skips(&plan_load(&f.host, &r, KVER).unwrap());
+    assert_eq!(
+        loads,
+        [("c", false), ("b", true)].map(|(m, r)| (m.to_string(), r))
+    );
+}
+
+#[test]
+fn in_tree_removal_takes_unused_dependencies_in_reverse_order() {
+    let f = fixture();
+    // Host tree like Debian's: udf uses cdrom and crc-itu-t; a chain top -> mid -> base.
+    put(
+        &f.root,
+        "kernel/fs/udf/udf.ko",
+        &module_with("udf", "crc-itu-t,cdrom", &[]),
+    );
+    put(
+        &f.root,
+        "kernel/drivers/cdrom/cdrom.ko",
+        &module_with("cdrom", "", &[]),
+    );
+    put(
+        &f.root,
+        "kernel/lib/crc-itu-t.ko",
+        &module_with("crc_itu_t", "", &[]),
+    );
+    put(&f.root, "kernel/top.ko", &module_with("top", "mid", &[]));
+    put(&f.root, "kernel/mid.ko", &module_with("mid", "base", &[]));
+    put(&f.root, "kernel/base.ko", &module_with("base", "", &[]));
+    put(&f.image, "extra/kmm_ci.ko", &module_with("kmm_ci", "", &[]));
+    mark_loaded(&f, "udf", 0, &[]);
+    mark_loaded(&f, "cdrom", 1, &["udf"]);
+    mark_loaded(&f, "crc_itu_t", 1, &["udf"]);
+    mark_loaded(&f, "top", 0, &[]);
+    mark_loaded(&f, "mid", 1, &["top"]);
+    mark_loaded(&f, "base", 1, &["mid"]);
+    let mut r = req("kmm_ci");
+    r.dir = f.image.clone();
+    r.remove_in_tree = vec!["udf".into(), "top".into()];
+    let actions = plan_load(&f.host, &r, KVER).unwrap();
+    let n = names(&actions);
+    assert_eq!(
+        n[..6],
+        [
+            "unload udf",
+            "unload cdrom",
+            "unload crc_itu_t",
+            "unload top",
+            "unload mid",
+            "unload base"
+        ]
+    );
+    assert!(matches!(&actions[0], Action::Unload { required: true, .. }));
+    assert!(matches!(
+        &actions[1],
+        Action::Unload {
+            required: false,
+            ..
+        }
+    ));
+    // A dependency still used by something else stays.
+    mark_loaded(&f, "cdrom", 2, &["udf", "sr_mod"]);
+    let n = names(&plan_load(&f.host, &r, KVER).unwrap());
+    assert_eq!(
+        n[..3],
+        [
+            "unload udf",
+            "skip cdrom: still in use (refcount 2, holders [sr_mod])",
+            "unload crc_itu_t"
+        ]
+    );
+    // The module itself in use: an error naming it, nothing planned.
+    r.remove_in_tree = vec!["cdrom".into()];
+    assert_eq!(
+        plan_load(&f.host, &r, KVER).unwrap_err().to_string(),
+        "refusing to unload cdrom: it is in use (refcount 2, holders [sr_mod,udf])"
+    );
+}
+
+#[test]
+fn unload_follows_softdeps_post_first_pre_last() {
+    let f = fixture();
+    put(
+        &f.image,
+        "m.ko",
+        &module_with("m", "", &[("softdep", "pre: p busy post: q")]),
+    );
+    for x in ["p", "q", "busy"] {
+        put(&f.image, &format!("{x}.ko"), &module_with(x, "", &[]));
+    }
+    mark_loaded(&f, "m", 0, &[]);
+    mark_loaded(&f, "p", 0, &[]);
+    mark_loaded(&f, "q", 0, &[]);
+    mark_loaded(&f, "busy", 1, &[]);
+    let actions = plan_unload(&f.host, Some(&f.image), KVER, &[], "m").unwrap();
+    assert_eq!(
+        names(&actions),
+        [
+            "unload q",
+            "unload m",
+            "skip busy: still in use (refcount 1, holders [])",
+            "unload p"
+        ]
+    );
+}
