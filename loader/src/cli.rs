@@ -369,11 +369,18 @@ fn cmd_sign(
         cert: certificate,
         hash,
     };
-    for f in files {
-        let dest = output.clone().unwrap_or_else(|| f.clone());
-        signer
-            .sign_file(f, &dest)
-            .with_context(|| format!("failed to sign {}", f.display()))?;
+    // Each file is signed and written atomically on its own, so the files are spread over the cores; every
+    // failure is reported, not only the first.
+    let results = signer.sign_files(files, output.as_deref(), crate::par::threads());
+    let mut failed = 0;
+    for (f, r) in files.iter().zip(results) {
+        if let Err(e) = r {
+            failed += 1;
+            eprintln!("{}: {:#}", f.display(), anyhow::Error::new(e));
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} modules were not signed", files.len());
     }
     Ok(ExitCode::SUCCESS)
 }

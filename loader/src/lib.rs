@@ -18,6 +18,7 @@ pub mod image;
 pub mod keys;
 pub mod modinfo;
 pub mod modprobe;
+pub mod par;
 pub mod sign;
 pub mod signature;
 #[cfg(test)]

@@ -61,15 +61,33 @@ fn rsa_scheme(hash: HashAlgo) -> rsa::Pkcs1v15Sign {
     }
 }
 
+/// The PKCS#1 v1.5 encodings ring signs with (it has none for SHA-1 and SHA-224).
+fn ring_scheme(hash: HashAlgo) -> Option<&'static dyn ring::signature::RsaEncoding> {
+    match hash {
+        HashAlgo::Sha256 => Some(&ring::signature::RSA_PKCS1_SHA256),
+        HashAlgo::Sha384 => Some(&ring::signature::RSA_PKCS1_SHA384),
+        HashAlgo::Sha512 => Some(&ring::signature::RSA_PKCS1_SHA512),
+        HashAlgo::Sha1 | HashAlgo::Sha224 => None,
+    }
+}
+
 impl Signer {
     /// The DER PKCS#7 message over `content`.
     pub fn pkcs7(&self, content: &[u8]) -> Result<Vec<u8>, SignError> {
-        let digest = self.hash.digest(content);
         let (sig_alg, sig) = match &self.key {
             SigningKey::Rsa(k) => {
-                let sig = k
-                    .sign(rsa_scheme(self.hash), &digest)
-                    .map_err(|e| SignError::Sign(e.to_string()))?;
+                let sig = match (k.fast(), ring_scheme(self.hash)) {
+                    (Some(fast), Some(scheme)) => {
+                        // ring hashes `content` itself and signs with CRT; deterministic like the rsa crate.
+                        let mut sig = vec![0u8; fast.public().modulus_len()];
+                        fast.sign(scheme, &ring::rand::SystemRandom::new(), content, &mut sig)
+                            .map_err(|e| SignError::Sign(e.to_string()))?;
+                        sig
+                    }
+                    _ => k
+                        .sign(rsa_scheme(self.hash), &self.hash.digest(content))
+                        .map_err(|e| SignError::Sign(e.to_string()))?,
+                };
                 (
                     AlgorithmIdentifierOwned {
                         oid: oid::RSA_ENCRYPTION,
@@ -81,14 +99,14 @@ impl Signer {
             SigningKey::P256(k) => {
                 use ecdsa::signature::hazmat::PrehashSigner;
                 let s: p256::ecdsa::Signature = k
-                    .sign_prehash(&digest)
+                    .sign_prehash(&self.hash.digest(content))
                     .map_err(|e| SignError::Sign(e.to_string()))?;
                 (ecdsa_alg(self.hash), s.to_der().as_bytes().to_vec())
             }
             SigningKey::P384(k) => {
                 use ecdsa::signature::hazmat::PrehashSigner;
                 let s: p384::ecdsa::Signature = k
-                    .sign_prehash(&digest)
+                    .sign_prehash(&self.hash.digest(content))
                     .map_err(|e| SignError::Sign(e.to_string()))?;
                 (ecdsa_alg(self.hash), s.to_der().as_bytes().to_vec())
             }
@@ -159,6 +177,17 @@ impl Signer {
         };
         write_atomic(output, &bytes)
     }
+
+    /// Signs every file in place (or into `output`, with one file) on up to `threads` threads; one result per
+    /// file, in order. A failure leaves that file untouched and does not stop the others.
+    pub fn sign_files(
+        &self,
+        files: &[PathBuf],
+        output: Option<&Path>,
+        threads: usize,
+    ) -> Vec<Result<(), SignError>> {
+        crate::par::map(files, threads, |f| self.sign_file(f, output.unwrap_or(f)))
+    }
 }
 
 fn ecdsa_alg(hash: HashAlgo) -> AlgorithmIdentifierOwned {
@@ -200,6 +229,65 @@ mod tests {
     use crate::keys::{self, TrustStore};
     use crate::signature::{SignatureError, verify};
     use crate::test_keys::TestKey;
+
+    /// ring (the fast path) and the rsa crate (the fallback) produce the same PKCS#1 v1.5 signature, for every key
+    /// size and digest ring signs with; SHA-1 and SHA-224 take the fallback and still verify.
+    #[test]
+    fn ring_and_the_rsa_crate_sign_identically() {
+        let content = module();
+        for bits in [2048, 3072] {
+            let key = TestKey::rsa(bits);
+            for hash in [HashAlgo::Sha256, HashAlgo::Sha384, HashAlgo::Sha512] {
+                let signer = key.signer_with(hash);
+                let SigningKey::Rsa(k) = &signer.key else {
+                    panic!("not RSA")
+                };
+                let fast = k.fast().expect("ring accepts an openssl RSA key");
+                let mut by_ring = vec![0u8; fast.public().modulus_len()];
+                fast.sign(
+                    ring_scheme(hash).unwrap(),
+                    &ring::rand::SystemRandom::new(),
+                    &content,
+                    &mut by_ring,
+                )
+                .unwrap();
+                let by_rsa = k.sign(rsa_scheme(hash), &hash.digest(&content)).unwrap();
+                assert_eq!(by_ring, by_rsa, "rsa:{bits} {}", hash.name());
+            }
+            for hash in [HashAlgo::Sha1, HashAlgo::Sha224] {
+                let signed = key.signer_with(hash).sign_image(&content).unwrap();
+                let store = TrustStore::new(keys::load_certificates(&key.cert_path).unwrap());
+                verify(&signed, &store).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn sign_files_signs_each_file_and_reports_each_failure() {
+        let key = TestKey::rsa(2048);
+        let signer = key.signer();
+        let dir = tempfile::tempdir().unwrap();
+        let mut files: Vec<PathBuf> = (0..6)
+            .map(|i| {
+                let p = dir.path().join(format!("m{i}.ko"));
+                std::fs::write(&p, module()).unwrap();
+                p
+            })
+            .collect();
+        files.insert(3, dir.path().join("missing.ko"));
+        let results = signer.sign_files(&files, None, 3);
+        assert_eq!(results.len(), 7);
+        let store = TrustStore::new(keys::load_certificates(&key.cert_path).unwrap());
+        for (f, r) in files.iter().zip(&results) {
+            if f.ends_with("missing.ko") {
+                assert!(r.is_err());
+                assert!(!f.exists());
+            } else {
+                r.as_ref().unwrap();
+                verify(&std::fs::read(f).unwrap(), &store).unwrap();
+            }
+        }
+    }
 
     fn module() -> Vec<u8> {
         build_elf64(&[

@@ -474,35 +474,7 @@ pub fn verify_files(
     store: &TrustStore,
     threads: usize,
 ) -> Vec<Result<Verified, VerifyFileError>> {
-    use std::sync::Mutex;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Result<Verified, VerifyFileError>>>> =
-        Mutex::new((0..paths.len()).map(|_| None).collect());
-    std::thread::scope(|scope| {
-        for _ in 0..threads.clamp(1, paths.len().max(1)) {
-            scope.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(path) = paths.get(i) else { break };
-                    let r = verify_file(path, store);
-                    if let Ok(mut guard) = results.lock() {
-                        guard[i] = Some(r);
-                    }
-                }
-            });
-        }
-    });
-    results
-        .into_inner()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|r| {
-            r.unwrap_or(Err(VerifyFileError::VerifySignature(
-                SignatureError::Malformed("not verified".into()),
-            )))
-        })
-        .collect()
+    crate::par::map(paths, threads, |path| verify_file(path, store))
 }
 
 #[cfg(test)]
