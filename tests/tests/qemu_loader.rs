@@ -15,7 +15,18 @@ use kmm_e2e::qemu::Guest;
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn fixture(kernel: &Kernel) -> kmod_build::Built {
-    kmod_build::build(kernel, "simple-kmod", &["kmm_simple", "kmm_simple_dep"]).unwrap()
+    kmod_build::build(
+        kernel,
+        "simple-kmod",
+        &[
+            "kmm_simple",
+            "kmm_simple_dep",
+            "kmm_softdep",
+            "kmm_fail",
+            "kmm_post",
+        ],
+    )
+    .unwrap()
 }
 
 /// The harness itself, independent of kmm-loader: busybox `insmod`/`rmmod` load a Debian-signed module with its
@@ -114,6 +125,24 @@ fn harness_busybox_insmod_debian_and_fixture_modules() {
 }
 
 const FIRMWARE_PAYLOAD: &str = "KMM-FIRMWARE-PAYLOAD v1";
+const HOST_ROOT_FIRMWARE_PAYLOAD: &str = "KMM-FW via --host-root";
+
+/// `tool ARGS... FILE` writing the compressed file to stdout (xz-utils' and zstd's command line tools).
+fn compress(tool: &str, args: &[&str], src: &std::path::Path) -> Vec<u8> {
+    kmm_e2e::cmd::require(tool).unwrap();
+    kmm_e2e::cmd::run(std::process::Command::new(tool).args(args).arg(src))
+        .unwrap()
+        .stdout
+}
+
+fn xz(src: &std::path::Path) -> Vec<u8> {
+    // The kernel's own scripts/Makefile.modinst flags for .ko.xz.
+    compress("xz", &["--check=crc32", "--lzma2=dict=1MiB", "-c"], src)
+}
+
+fn zstd(src: &std::path::Path) -> Vec<u8> {
+    compress("zstd", &["-q", "-c"], src)
+}
 
 fn openssl_key(
     dir: &std::path::Path,
@@ -194,6 +223,9 @@ fn prepare_loader_guest(kernel: &Kernel) -> Guest {
     let other = w.join("kmm_simple.other.ko");
     sign("kmm_simple", &key, &cert, &signed);
     sign("kmm_simple_dep", &key, &cert, &signed_dep);
+    for m in ["kmm_softdep", "kmm_fail", "kmm_post"] {
+        sign(m, &key, &cert, &w.join(format!("{m}.ko")));
+    }
     sign("kmm_simple", &other_key, &other_cert, &other);
     // Altered bytes under a valid signature: one letter of the description in .modinfo.
     let mut tampered = std::fs::read(&signed).unwrap();
@@ -220,7 +252,7 @@ fn prepare_loader_guest(kernel: &Kernel) -> Guest {
         .unwrap();
     // The kmod image directory: Debian's udf with its dependencies, and ours signed by kmm-loader.
     guest
-        .add_in_tree_modules("/opt", &["udf", "dummy"])
+        .add_in_tree_modules("/opt", &["udf", "dummy", "ipmi_msghandler", "ipmi_devintf"])
         .unwrap();
     guest
         .fs
@@ -298,8 +330,67 @@ fn prepare_loader_guest(kernel: &Kernel) -> Guest {
         crc,
         0o644,
     );
-    // The "host": an in-tree module in /lib/modules, and firmware shipped by the image.
-    guest.add_in_tree_modules("", &["dummy"]).unwrap();
+    // Soft dependencies: kmm_softdep declares pre: kmm_simple_dep kmm_fail kmm_nowhere post: kmm_post.
+    for m in [
+        "kmm_simple",
+        "kmm_simple_dep",
+        "kmm_softdep",
+        "kmm_fail",
+        "kmm_post",
+    ] {
+        guest
+            .fs
+            .copy(
+                &format!("/softdep/lib/modules/{rel}/extra/{m}.ko"),
+                &w.join(format!("{m}.ko")),
+                false,
+            )
+            .unwrap();
+    }
+    // Compressed modules: ours (signed, then compressed, as distributions do) and Debian's own.
+    guest.fs.file(
+        &format!("/compressed/lib/modules/{rel}/extra/kmm_simple.ko.xz"),
+        xz(&signed),
+        0o644,
+    );
+    guest.fs.file(
+        &format!("/compressed/lib/modules/{rel}/extra/kmm_simple_dep.ko.zst"),
+        zstd(&signed_dep),
+        0o644,
+    );
+    for (i, (name, path)) in kernel
+        .module_closure(&["udf"])
+        .unwrap()
+        .into_iter()
+        .enumerate()
+    {
+        let (ext, bytes) = if i % 2 == 0 {
+            ("xz", xz(&path))
+        } else {
+            ("zst", zstd(&path))
+        };
+        guest.fs.file(
+            &format!("/zdebian/lib/modules/{rel}/kernel/{name}.ko.{ext}"),
+            bytes,
+            0o644,
+        );
+    }
+    // The "host": in-tree modules in /lib/modules (udf and isofs share cdrom), and firmware shipped by the image.
+    guest
+        .add_in_tree_modules("", &["dummy", "udf", "isofs"])
+        .unwrap();
+    // A container's view for --host-root: only kmm-loader, the kmod image and mount points for the host's
+    // /sys, /proc, /lib and /var (mounted by the scenario); it runs chrooted there.
+    // (kmm-loader itself is bind-mounted there by the scenario: a second 15 MB copy would slow every boot.)
+    guest.fs.file("/container/usr/bin/kmm-loader", "", 0o755);
+    for d in ["opt", "host/sys", "host/proc", "host/lib", "host/var"] {
+        guest.fs.dir(&format!("/container/{d}"));
+    }
+    guest.fs.file(
+        "/container/fw/kmm_simple.bin",
+        HOST_ROOT_FIRMWARE_PAYLOAD,
+        0o644,
+    );
     guest
         .fs
         .file("/fw-src/kmm_simple.bin", FIRMWARE_PAYLOAD, 0o644);
@@ -350,8 +441,8 @@ fn kmm_loader_in_guest() {
         "wait",
         "kmm-loader wait --module kmm_simple --version 1.0.0 --timeout 5s\n\
          kmm-loader wait --module kmm_simple_dep --timeout 5s\n\
-         fails kmm-loader wait --module kmm_absent --timeout 1s\n\
-         fails kmm-loader wait --module kmm_simple --version 9.9.9 --timeout 1s",
+         fails kmm-loader wait --module kmm_absent --timeout 300ms\n\
+         fails kmm-loader wait --module kmm_simple --version 9.9.9 --timeout 300ms",
     );
     g.scenario(
         "unload-reverse-order",
@@ -443,6 +534,52 @@ fn kmm_loader_in_guest() {
          echo path=$(cat /sys/module/firmware_class/parameters/path)\n\
          ls /var/lib/firmware\n\
          dmesg | grep KMM-FIRMWARE",
+    );
+    g.scenario(
+        "softdeps",
+        "kmm-loader unload kmm_simple\n\
+         dmesg -c >/dev/null\n\
+         kmm-loader load --dir /softdep kmm_softdep\n\
+         for m in kmm_simple kmm_simple_dep kmm_softdep kmm_post; do loaded $m; done\n\
+         fails loaded kmm_fail\n\
+         dmesg | grep -E 'KMM-INIT'",
+    );
+    g.scenario(
+        "softdeps-unload",
+        "dmesg -c >/dev/null\n\
+         kmm-loader unload --dir /softdep kmm_softdep\n\
+         for m in kmm_simple kmm_simple_dep kmm_softdep kmm_post; do fails loaded $m; done\n\
+         dmesg | grep -E 'KMM-EXIT'",
+    );
+    g.scenario(
+        "compressed",
+        "kmm-loader load --dir /compressed --require-signature /certs/ours.der kmm_simple_dep\n\
+         loaded kmm_simple\nloaded kmm_simple_dep\n\
+         cat /dev/kmm_simple\n\
+         kmm-loader unload --dir /compressed kmm_simple_dep\n\
+         fails loaded kmm_simple_dep\nfails loaded kmm_simple",
+    );
+    g.scenario(
+        "host-root",
+        "mount -t sysfs sysfs /container/host/sys\n\
+         mount -t proc proc /container/host/proc\n\
+         mount -o bind /lib /container/host/lib\n\
+         mount -o bind /var /container/host/var\n\
+         mount -o bind /opt /container/opt\n\
+         mount -o bind /usr/bin/kmm-loader /container/usr/bin/kmm-loader\n\
+         insmod /lib/modules/$(uname -r)/kernel/drivers/net/dummy.ko\n\
+         fails chroot /container /usr/bin/kmm-loader wait --module dummy --timeout 200ms\n\
+         echo CONTROL\n\
+         chroot /container /usr/bin/kmm-loader wait --host-root /host --module dummy --timeout 1s\n\
+         chroot /container /usr/bin/kmm-loader load --host-root /host --dir /opt --remove-in-tree dummy \
+           --firmware-from /fw --firmware-to /var/lib/firmware-hr --param firmware=kmm_simple.bin kmm_simple\n\
+         fails loaded dummy\nloaded kmm_simple\n\
+         echo path=$(cat /sys/module/firmware_class/parameters/path)\n\
+         cat /var/lib/firmware-hr/kmm_simple.bin; echo\n\
+         dmesg | grep 'KMM-FIRMWARE.*host-root'\n\
+         chroot /container /usr/bin/kmm-loader wait --host-root /host --module kmm_simple --version 1.0.0 --timeout 1s\n\
+         chroot /container /usr/bin/kmm-loader unload --host-root /host --dir /opt kmm_simple\n\
+         fails loaded kmm_simple",
     );
     let console = g.boot(BOOT_TIMEOUT).unwrap();
     eprintln!(
@@ -579,6 +716,61 @@ fn kmm_loader_in_guest() {
         )),
         "{out}"
     );
+
+    // The module's own MODULE_SOFTDEP: pre-softdeps (with their dependencies) first, the post-softdep last; the
+    // failing and the missing softdeps are skipped, not fatal.
+    let out = console.ok("softdeps").unwrap();
+    let at = |needle: &str| {
+        out.find(needle)
+            .unwrap_or_else(|| panic!("{needle} missing:\n{out}"))
+    };
+    assert!(
+        at("kmm_simple: KMM-INIT") < at("kmm_simple_dep: KMM-INIT")
+            && at("kmm_simple_dep: KMM-INIT") < at("kmm_fail: KMM-INIT")
+            && at("kmm_fail: KMM-INIT") < at("kmm_softdep: KMM-INIT")
+            && at("kmm_softdep: KMM-INIT") < at("kmm_post: KMM-INIT"),
+        "softdep order:\n{out}"
+    );
+    assert!(out.contains("skip kmm_nowhere: not found"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("load kmm_fail (") && l.contains("failed, not fatal")),
+        "{out}"
+    );
+    // Removal: the post-softdep first, then the module, then its pre-softdeps and their unused dependencies.
+    let out = console.ok("softdeps-unload").unwrap();
+    let at = |needle: &str| {
+        out.find(needle)
+            .unwrap_or_else(|| panic!("{needle} missing:\n{out}"))
+    };
+    assert!(
+        at("kmm_post: KMM-EXIT") < at("kmm_softdep: KMM-EXIT")
+            && at("kmm_softdep: KMM-EXIT") < at("kmm_simple_dep: KMM-EXIT")
+            && at("kmm_simple_dep: KMM-EXIT") < at("kmm_simple: KMM-EXIT"),
+        "softdep removal order:\n{out}"
+    );
+    // .ko.xz and .ko.zst: decompressed in user space (Debian's kernel has no CONFIG_MODULE_DECOMPRESS), the
+    // signature verified on the decompressed bytes, loaded with init_module.
+    let out = console.ok("compressed").unwrap();
+    assert!(
+        out.contains("/extra/kmm_simple.ko.xz)") && out.contains("/extra/kmm_simple_dep.ko.zst)"),
+        "{out}"
+    );
+    assert!(out.contains("kmm_simple hello"), "{out}");
+
+    // --host-root: a chrooted kmm-loader that sees the host only under /host.
+    let out = console.ok("host-root").unwrap();
+    let (control, rest) = out.split_once("CONTROL").unwrap();
+    assert!(control.contains("KMM-FAILED-AS-EXPECTED"), "{out}");
+    assert!(rest.contains("unload dummy"), "{out}");
+    assert!(rest.contains("path=/var/lib/firmware-hr"), "{out}");
+    assert!(
+        rest.contains(&format!(
+            "KMM-FIRMWARE kmm_simple.bin loaded {} bytes: {HOST_ROOT_FIRMWARE_PAYLOAD}",
+            HOST_ROOT_FIRMWARE_PAYLOAD.len()
+        )),
+        "{out}"
+    );
     assert!(console.done(), "guest did not reach the end of /init");
 }
 
@@ -592,8 +784,35 @@ fn kmm_loader_in_guest_sig_enforce() {
     g.cmdline("module.sig_enforce=1");
     g.scenario("enforced", "cat /sys/module/module/parameters/sig_enforce");
     g.scenario(
+        "debian-compressed",
+        "kmm-loader load --dir /zdebian --require-signature /certs/debian.der udf\n\
+         loaded udf\nloaded cdrom\nloaded crc_itu_t\n\
+         kmm-loader unload --dir /zdebian udf\n\
+         fails loaded udf\nfails loaded cdrom\nfails loaded crc_itu_t",
+    );
+    g.scenario(
         "debian-loads",
         "kmm-loader load --dir /opt udf\nloaded udf\nloaded cdrom",
+    );
+    // In-tree removal (Debian's modules, so they load under enforcement): udf, cdrom, crc_itu_t are loaded;
+    // isofs (from the host's tree) shares cdrom.
+    g.scenario(
+        "in-tree-removal-with-deps",
+        "kmm-loader load --dir / isofs\n\
+         grep -E '^cdrom ' /proc/modules\n\
+         kmm-loader load --dir /opt --remove-in-tree udf dummy\n\
+         fails loaded udf\nfails loaded crc_itu_t\nloaded cdrom\nloaded isofs\nloaded dummy\n\
+         echo STEP2\n\
+         kmm-loader load --dir /opt --remove-in-tree isofs dummy\n\
+         fails loaded isofs\nfails loaded cdrom\n\
+         kmm-loader unload dummy",
+    );
+    g.scenario(
+        "softdep-debian",
+        "kmm-loader load --dir /opt --require-signature /certs/debian.der ipmi_msghandler\n\
+         loaded ipmi_msghandler\nloaded ipmi_devintf\n\
+         kmm-loader unload --dir /opt ipmi_msghandler\n\
+         fails loaded ipmi_devintf\nfails loaded ipmi_msghandler",
     );
     g.scenario(
         "ours-rejected",
@@ -610,7 +829,45 @@ fn kmm_loader_in_guest_sig_enforce() {
     );
 
     assert_eq!(console.ok("enforced").unwrap().trim(), "Y");
+    // Debian's modules recompressed (.ko.xz, .ko.zst): decompressed in user space, their signatures still
+    // accepted by the kernel under enforcement.
+    let out = console.ok("debian-compressed").unwrap();
+    assert!(
+        out.contains("udf.ko.xz)") && out.contains("crc_itu_t.ko.zst)"),
+        "{out}"
+    );
     console.ok("debian-loads").unwrap();
+    // In-tree removal like `modprobe -rv`: udf goes with crc_itu_t, which it alone used; cdrom stays while
+    // isofs holds it, and goes with isofs.
+    let out = console.ok("in-tree-removal-with-deps").unwrap();
+    let (first, second) = out.split_once("STEP2").unwrap();
+    assert!(first.contains("unload udf\n"), "{out}");
+    assert!(first.contains("unload crc_itu_t\n"), "{out}");
+    assert!(
+        first.contains("skip cdrom: still in use (refcount 1, holders [isofs])"),
+        "{out}"
+    );
+    assert!(
+        first.find("unload udf").unwrap() < first.find("unload crc_itu_t").unwrap(),
+        "{out}"
+    );
+    assert!(
+        second.find("unload isofs").unwrap() < second.find("unload cdrom").unwrap(),
+        "{out}"
+    );
+
+    // A Debian module's own softdep (ipmi_msghandler: post: ipmi_devintf), from .modinfo (Debian ships no
+    // modules.softdep), verified against Debian's certificate.
+    let out = console.ok("softdep-debian").unwrap();
+    assert!(
+        out.find("load ipmi_msghandler").unwrap() < out.find("load ipmi_devintf").unwrap(),
+        "{out}"
+    );
+    assert!(
+        out.find("unload ipmi_devintf").unwrap() < out.find("unload ipmi_msghandler").unwrap(),
+        "{out}"
+    );
+
     for name in ["ours-rejected", "unsigned-rejected"] {
         let out = console.ok(name).unwrap();
         assert!(

@@ -31,7 +31,8 @@ pub(super) struct Remover<'a> {
     visiting: HashSet<String>,
 }
 
-/// Why a loaded module cannot go: `None` when nothing (left after this plan's removals) uses it.
+/// Why a loaded module cannot go: the reference count and holders left after this plan's removals, `None` when
+/// nothing uses it.
 fn in_use(refcnt: i64, holders: &[String], removed: &[String]) -> Option<(i64, Vec<String>)> {
     let gone = i64::try_from(holders.iter().filter(|h| removed.contains(h)).count()).unwrap_or(0);
     let left: Vec<String> = holders
@@ -39,7 +40,8 @@ fn in_use(refcnt: i64, holders: &[String], removed: &[String]) -> Option<(i64, V
         .filter(|h| !removed.contains(h))
         .cloned()
         .collect();
-    (refcnt - gone > 0 || !left.is_empty()).then_some((refcnt, left))
+    let refcnt = refcnt - gone;
+    (refcnt > 0 || !left.is_empty()).then_some((refcnt, left))
 }
 
 impl<'a> Remover<'a> {
