@@ -232,13 +232,16 @@ pub fn plan_load(
     let mut index = ModuleIndex::build(&[tree, host.lib_modules(&kernel)])?;
 
     // In-tree removal resolves against the host's tree only, as upstream's `modprobe -rv` (no -d) does.
-    let mut host_index = ModuleIndex::build(&[host.lib_modules(&kernel)])?;
-    let mut remover = remove::Remover::new(host, &mut host_index, &mut builtins);
-    for m in &req.remove_in_tree {
-        remover.remove(m, true, "in-tree module not loaded")?;
-    }
-    let removed = std::mem::take(&mut remover.removed);
-    let mut actions = std::mem::take(&mut remover.actions);
+    let (removed, mut actions) = if req.remove_in_tree.is_empty() {
+        (Vec::new(), Vec::new())
+    } else {
+        let mut host_index = ModuleIndex::build(&[host.lib_modules(&kernel)])?;
+        let mut remover = remove::Remover::new(host, &mut host_index, &mut builtins);
+        for m in &req.remove_in_tree {
+            remover.remove(m, true, "in-tree module not loaded")?;
+        }
+        (remover.removed, remover.actions)
+    };
 
     if let Some((from, to)) = &req.firmware {
         actions.push(Action::CopyFirmware {
@@ -269,6 +272,14 @@ pub fn plan_load(
                 "the module's own softdep takes precedence over --order (modprobe reads modules.softdep first)"
             );
         }
+    }
+    if !index.contains(&target) && builtins.names.contains(&target) {
+        // modprobe of a built-in module succeeds without doing anything.
+        actions.push(Action::Skip {
+            module: target,
+            reason: "built into the kernel".into(),
+        });
+        return Ok(actions);
     }
     let probes = probe_list(&mut index, &order, &mut builtins, &target)?;
     let mut planned: Vec<String> = Vec::new();

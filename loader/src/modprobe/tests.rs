@@ -729,3 +729,13 @@ fn unload_follows_softdeps_post_first_pre_last() {
         ]
     );
 }
+
+#[test]
+fn loading_a_builtin_module_does_nothing() {
+    let f = fixture();
+    let actions = plan_load(&f.host, &req("crc32c-generic"), KVER).unwrap();
+    assert_eq!(
+        names(&actions),
+        ["skip crc32c_generic: built into the kernel"]
+    );
+}
