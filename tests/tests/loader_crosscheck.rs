@@ -1,7 +1,8 @@
 //! kmm-loader's library cross-checked against the real tools on Debian's whole module tree:
 //! - `modinfo` output equals Debian kmod's `modinfo`, byte for byte, on every module of the kernel package;
 //! - every Debian module verifies against the certificate extracted from Debian's own `vmlinuz`;
-//! - signatures are byte-identical with Debian's `sign-file` (linux-kbuild) on 200+ modules with one fresh key.
+//! - signatures are byte-identical with Debian's `sign-file` (linux-kbuild) on 200+ modules with one fresh key;
+//! - load plans (dependencies and softdeps) equal kmod's `modprobe --show-depends`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
@@ -257,4 +258,116 @@ fn compressed_modules_are_signed_inside_and_recompressed_with_the_same_codec() {
         out.contains("signer:         kmm-rs crosscheck key"),
         "{out}"
     );
+}
+
+/// kmm-loader's probe list (dependencies and softdeps, the modules it would load, in order) against kmod's own:
+/// `modprobe --show-depends --dry-run` prints the list and loads NOTHING. kmod needs depmod's index files, so it
+/// runs on a hard-linked copy of Debian's tree after `depmod -b`, with an empty modprobe.d (`-C`), for every module
+/// that declares a softdep and every 25th module. kmm-loader must give the same list, duplicates included, on that
+/// copy (modules.dep, modules.softdep, modules.alias) and the same modules on Debian's tree as shipped (no index
+/// files: `.modinfo` depends, softdep and alias).
+#[test]
+fn probe_lists_match_kmod_modprobe_show_depends() {
+    use kmm_loader::modprobe::sysfs::module_name_from_path;
+    use kmm_loader::modprobe::{Builtins, HostPaths, ModuleIndex, Probe, normalize, probe_list};
+
+    let kernel = Kernel::get().unwrap();
+    let rel = kernel.release();
+    let depmod = kmm_e2e::cmd::require("depmod").unwrap();
+    let modprobe = kmm_e2e::cmd::require("modprobe").unwrap();
+    let scratch = tempfile::tempdir_in(kmm_e2e::cache::subdir("scratch").unwrap()).unwrap();
+    let root = scratch.path();
+    std::fs::create_dir_all(root.join("lib/modules")).unwrap();
+    kmm_e2e::cmd::run(
+        Command::new("cp")
+            .arg("-al")
+            .arg(kernel.modules_dir())
+            .arg(root.join("lib/modules")),
+    )
+    .unwrap();
+    kmm_e2e::cmd::run(Command::new(&depmod).arg("-b").arg(root).arg(&rel)).unwrap();
+    let empty_conf = root.join("modprobe.d");
+    std::fs::create_dir_all(&empty_conf).unwrap();
+
+    let indexed = HostPaths::new(root);
+    let softdeps =
+        std::fs::read_to_string(indexed.lib_modules(&rel).join("modules.softdep")).unwrap();
+    let mut targets: Vec<String> = softdeps
+        .lines()
+        .filter_map(|l| l.strip_prefix("softdep "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(normalize)
+        .collect();
+    assert!(
+        targets.len() >= 20,
+        "Debian declares softdeps in dozens of modules: {targets:?}"
+    );
+    targets.extend(
+        all_modules(kernel)
+            .iter()
+            .step_by(25)
+            .filter_map(|p| module_name_from_path(p)),
+    );
+    targets.sort();
+    targets.dedup();
+
+    let ours = |index: &mut ModuleIndex, builtins: &mut Builtins, m: &str| {
+        probe_list(index, &[], builtins, m)
+            .unwrap_or_else(|e| panic!("{m}: {e}"))
+            .into_iter()
+            .filter_map(|p| match p {
+                Probe::Module { module, .. } | Probe::Builtin { module } => Some(module),
+                Probe::Unresolved { .. } => None,
+            })
+            .collect::<Vec<String>>()
+    };
+    let shipped = HostPaths::new(kernel.image_root());
+    let mut index_b = ModuleIndex::build(&[indexed.lib_modules(&rel)]).unwrap();
+    let mut builtins_b = Builtins::load(&indexed, &rel);
+    let mut index_a = ModuleIndex::build(&[shipped.lib_modules(&rel)]).unwrap();
+    let mut builtins_a = Builtins::load(&shipped, &rel);
+    let (mut with_softdeps, mut same_order_shipped) = (0, 0);
+    for m in &targets {
+        let out = kmm_e2e::cmd::stdout(
+            Command::new(&modprobe)
+                .args(["--show-depends", "--dry-run", "-C"])
+                .arg(&empty_conf)
+                .arg("-d")
+                .arg(root)
+                .args(["-S", &rel, m]),
+        )
+        .unwrap();
+        let kmod: Vec<String> = out
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                match w.next()? {
+                    "insmod" => module_name_from_path(Path::new(w.next()?)),
+                    "builtin" => Some(normalize(w.next()?)),
+                    _ => None,
+                }
+            })
+            .collect();
+        assert!(!kmod.is_empty(), "{m}: no output from modprobe:\n{out}");
+        let b = ours(&mut index_b, &mut builtins_b, m);
+        assert_eq!(b, kmod, "{m}: probe list with depmod's index files");
+        let a = ours(&mut index_a, &mut builtins_a, m);
+        let set = |v: &[String]| {
+            let mut v = v.to_vec();
+            v.sort();
+            v.dedup();
+            v
+        };
+        assert_eq!(set(&a), set(&kmod), "{m}: modules to load, tree as shipped");
+        assert_eq!(a.last(), kmod.last(), "{m}");
+        same_order_shipped += usize::from(a == kmod);
+        with_softdeps += usize::from(kmod.len() > index_b.load_order(m).unwrap().len());
+    }
+    eprintln!(
+        "{} modules: kmod's probe list reproduced exactly with depmod's files; {} of them pull softdeps; \
+         {same_order_shipped} in the same order from .modinfo alone",
+        targets.len(),
+        with_softdeps
+    );
+    assert!(with_softdeps >= 10, "{with_softdeps}");
 }

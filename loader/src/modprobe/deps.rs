@@ -41,6 +41,8 @@ pub struct ModuleIndex {
     pub(super) softdep_files: Vec<Option<Vec<SoftdepLine>>>,
     /// Per tree: its `modules.alias` lines (pattern, module), when the file exists (else `.modinfo alias`).
     pub(super) alias_files: Vec<Option<Vec<(String, String)>>>,
+    /// Position of each module in its tree's `modules.order`.
+    order_rank: HashMap<String, usize>,
     modinfo_cache: HashMap<String, CachedInfo>,
 }
 
@@ -123,6 +125,13 @@ impl ModuleIndex {
                 .push(read_optional(&dir.join("modules.softdep"))?.map(|t| parse_softdep_file(&t)));
             idx.alias_files
                 .push(read_optional(&dir.join("modules.alias"))?.map(|t| parse_alias_file(&t)));
+            if let Some(order) = read_optional(&dir.join("modules.order"))? {
+                for (rank, line) in order.lines().enumerate() {
+                    if let Some(name) = module_name_from_path(Path::new(line.trim())) {
+                        idx.order_rank.entry(name).or_insert(rank);
+                    }
+                }
+            }
             let mut files = Vec::new();
             walk(dir, &mut files);
             for f in files {
@@ -138,12 +147,17 @@ impl ModuleIndex {
     }
 
     /// Module names of tree `t`, sorted.
+    /// Module names of tree `t`, in `modules.order` order (the kernel build's, which depmod keeps for aliases),
+    /// then by name.
     pub(super) fn modules_of_tree(&self, t: usize) -> Vec<String> {
-        self.paths
+        let mut names: Vec<String> = self
+            .paths
             .keys()
             .filter(|n| self.tree.get(*n) == Some(&t))
             .cloned()
-            .collect()
+            .collect();
+        names.sort_by_key(|n| self.order_rank.get(n).copied().unwrap_or(usize::MAX));
+        names
     }
 
     /// The `.modinfo` facts of `name` (read once).
@@ -218,7 +232,13 @@ impl ModuleIndex {
             return Err(DepsError::ResolveCycle(stack.join(" -> ")));
         }
         stack.push(name.to_string());
-        for dep in self.deps(name)? {
+        let mut deps = self.deps(name)?;
+        if self.dep_file.contains_key(name) {
+            // A modules.dep line lists ALL dependencies, users before what they use (depmod's topological
+            // sort); kmod loads them in reverse line order. Visiting them in that order keeps kmod's order.
+            deps.reverse();
+        }
+        for dep in deps {
             self.visit(&dep, stack, done)?;
         }
         stack.pop();
@@ -289,6 +309,20 @@ mod tests {
             matches!(err, DepsError::ResolveCycle(ref s) if s == "a -> c -> a"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn modules_dep_lines_load_in_reverse_like_kmod() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().to_path_buf();
+        // depmod lists users first: m uses a (which uses c) and b.
+        std::fs::write(
+            dir.join("modules.dep"),
+            "m.ko: a.ko b.ko c.ko\na.ko: c.ko\nb.ko:\nc.ko:\n",
+        )
+        .unwrap();
+        let mut idx = ModuleIndex::build(&[dir]).unwrap();
+        assert_eq!(idx.load_order("m").unwrap(), vec!["c", "b", "a", "m"]);
     }
 
     #[test]
