@@ -273,6 +273,20 @@ pub fn plan_load(
             );
         }
     }
+    if !removed.contains(&target)
+        && matches!(
+            host.module_state(&target, &builtins.names),
+            ModuleState::Loaded { .. }
+        )
+    {
+        // kmod_module_probe_insert_module returns at once when the module is loaded: nothing else is loaded,
+        // not even its softdeps.
+        actions.push(Action::Skip {
+            module: target,
+            reason: "already loaded".into(),
+        });
+        return Ok(actions);
+    }
     if !index.contains(&target) && builtins.names.contains(&target) {
         // modprobe of a built-in module succeeds without doing anything.
         actions.push(Action::Skip {

@@ -739,3 +739,28 @@ fn loading_a_builtin_module_does_nothing() {
         ["skip crc32c_generic: built into the kernel"]
     );
 }
+
+#[test]
+fn a_loaded_module_is_left_alone_softdeps_included() {
+    let f = fixture();
+    put(
+        &f.image,
+        "m.ko",
+        &module_with("m", "", &[("softdep", "post: q")]),
+    );
+    put(&f.image, "q.ko", &module_with("q", "", &[]));
+    mark_loaded(&f, "m", 0, &[]);
+    let mut r = req("m");
+    r.dir = f.image.clone();
+    assert_eq!(
+        names(&plan_load(&f.host, &r, KVER).unwrap()),
+        ["skip m: already loaded"]
+    );
+    // Removed as an in-tree module first: loaded again, with its softdep.
+    r.remove_in_tree = vec!["m".into()];
+    let (loads, _) = loads_and_skips(&plan_load(&f.host, &r, KVER).unwrap());
+    assert_eq!(
+        loads,
+        [("m", true), ("q", false)].map(|(m, r)| (m.to_string(), r))
+    );
+}
