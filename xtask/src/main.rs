@@ -7,6 +7,7 @@
 //! - `bench webhook|loader|device-plugin`: benchmarks, each against a baseline measured side by side.
 
 mod bench_device_plugin;
+mod bench_image;
 mod bench_loader;
 mod bench_webhook;
 mod codegen;
@@ -50,6 +51,8 @@ enum Bench {
     Loader(bench_loader::BenchLoaderArgs),
     /// The device plugin against the kubelet simulator: idle RSS, time to allocatable, re-registration, Allocate.
     DevicePlugin,
+    /// `kmm-loader image pull` of a ~100 MiB kmod image vs `skopeo copy` to an oci: dir; peak RSS.
+    Image(bench_image::BenchImageArgs),
 }
 
 fn main() -> Result<()> {
@@ -61,5 +64,6 @@ fn main() -> Result<()> {
         Command::Bench(Bench::Webhook) => bench_webhook::run(),
         Command::Bench(Bench::Loader(args)) => bench_loader::run(&args),
         Command::Bench(Bench::DevicePlugin) => bench_device_plugin::run(),
+        Command::Bench(Bench::Image(args)) => bench_image::run(&args),
     }
 }
