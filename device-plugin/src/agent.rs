@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kmm_api::Module;
-use notify::{RecursiveMode, Watcher};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::endpoint::{Endpoint, EndpointTiming, KubeletContext, SOCKET_PREFIX};
 use crate::events::NodeEvents;
+use crate::fswatch::FsWatch;
 use crate::health::Readiness;
 use crate::inventory::{Inventory, ResourceView};
 use crate::kubelet::KubeletWatch;
@@ -64,29 +64,6 @@ fn remove_stale_sockets(dir: &Path) {
     }
 }
 
-fn watch_host_tree(
-    host_root: &Path,
-) -> (Vec<notify::RecommendedWatcher>, mpsc::UnboundedReceiver<()>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let mut watchers = Vec::new();
-    for sub in ["dev", "sys/module"] {
-        let dir = host_root.join(sub);
-        let tx = tx.clone();
-        let w = notify::recommended_watcher(move |r: notify::Result<notify::Event>| {
-            if r.as_ref().is_ok_and(crate::unix::is_change) {
-                let _ = tx.send(());
-            }
-        })
-        .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w));
-        match w {
-            Ok(w) => watchers.push(w),
-            // sysfs has no inotify anyway: polling covers it.
-            Err(e) => info!(dir = %dir.display(), error = %e, "no file-system events; polling"),
-        }
-    }
-    (watchers, rx)
-}
-
 fn publish_metrics(metrics: &Metrics, views: &BTreeMap<String, ResourceView>) {
     for v in views.values() {
         let healthy = v.healthy_count();
@@ -95,13 +72,15 @@ fn publish_metrics(metrics: &Metrics, views: &BTreeMap<String, ResourceView>) {
 }
 
 /// Runs until `shutdown` turns true; then stops every endpoint (removing its socket). `events` publishes Node
-/// Events (cluster mode).
+/// Events (cluster mode); `fswatch` wakes the loop on changes in `dev`, `sys/module` (sysfs sends none: polled) and
+/// the device plugin directory.
 pub async fn run(
     cfg: AgentConfig,
     mut modules: watch::Receiver<Vec<Module>>,
     metrics: Metrics,
     readiness: Readiness,
     events: Option<NodeEvents>,
+    fswatch: Option<FsWatch>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
     std::fs::create_dir_all(&cfg.plugin_dir).map_err(|source| AgentError::CreateDirectory {
@@ -113,6 +92,7 @@ pub async fn run(
         cfg.plugin_dir.clone(),
         cfg.poll,
         metrics.clone(),
+        fswatch.as_ref(),
         shutdown.clone(),
     );
     let ctx = KubeletContext {
@@ -124,7 +104,9 @@ pub async fn run(
         readiness,
         events,
     };
-    let (_watchers, mut host_events) = watch_host_tree(&cfg.host_root);
+    let mut dev_events = FsWatch::watch_or_poll(fswatch.as_ref(), &cfg.host_root.join("dev"));
+    let mut sys_events =
+        FsWatch::watch_or_poll(fswatch.as_ref(), &cfg.host_root.join("sys/module"));
     let mut inventory = Inventory::new(&cfg.host_root, cfg.unhealthy_grace);
     let mut current: Vec<Offer> = offers(&modules.borrow_and_update());
     let mut endpoints: BTreeMap<String, Endpoint> = BTreeMap::new();
@@ -158,7 +140,8 @@ pub async fn run(
         }
         tokio::select! {
             _ = tick.tick() => wake = "poll",
-            Some(()) = host_events.recv() => wake = "host event",
+            Ok(()) = dev_events.changed() => wake = "dev event",
+            Ok(()) = sys_events.changed() => wake = "sys event",
             changed = modules.changed() => {
                 wake = "modules";
                 if changed.is_err() {

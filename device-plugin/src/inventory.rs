@@ -13,10 +13,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use globset::{Glob, GlobMatcher};
 use kmm_api::devices::{DeviceEnv, DeviceMount};
 use tracing::{info, warn};
 
+use crate::glob::PathGlob;
 use crate::offer::{Offer, OfferKind};
 
 /// Depth limit of a `**` glob walk under /dev.
@@ -226,8 +226,8 @@ fn is_glob(component: &str) -> bool {
 pub fn scan(host_root: &Path, globs: &[String]) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
     for pattern in globs {
-        let matcher: GlobMatcher = match Glob::new(pattern) {
-            Ok(g) => g.compile_matcher(),
+        let matcher = match PathGlob::new(pattern) {
+            Ok(g) => g,
             Err(_) => continue, // validated by kmm-api before
         };
         let components: Vec<&str> = pattern.split('/').filter(|c| !c.is_empty()).collect();
@@ -256,13 +256,7 @@ pub fn scan(host_root: &Path, globs: &[String]) -> BTreeSet<String> {
     found
 }
 
-fn walk(
-    host_root: &Path,
-    dir_host: &str,
-    depth: usize,
-    m: &GlobMatcher,
-    out: &mut BTreeSet<String>,
-) {
+fn walk(host_root: &Path, dir_host: &str, depth: usize, m: &PathGlob, out: &mut BTreeSet<String>) {
     if depth == 0 {
         return;
     }

@@ -2,19 +2,19 @@
 //!
 //! A kubelet restart deletes every socket in the device plugin directory and re-creates kubelet.sock. The
 //! [`KubeletWatch`] task turns the identity of kubelet.sock (inode and change time) into a generation counter: it
-//! wakes on directory events (notify) and polls as a fallback, so the endpoints re-register within a poll interval
+//! wakes on directory events ([`crate::fswatch`]) and polls as a fallback, so the endpoints re-register within a poll interval
 //! even where inotify is unavailable.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
-use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tokio::sync::watch;
+use tracing::info;
 
 use crate::api::registration_client::RegistrationClient;
 use crate::api::{KUBELET_SOCKET, RegisterRequest, VERSION};
+use crate::fswatch::FsWatch;
 use crate::metrics::Metrics;
 use crate::unix;
 
@@ -37,15 +37,6 @@ pub enum KubeletError {
     RegisterTimeout {
         /// The resource.
         resource: String,
-    },
-    /// Watching the device plugin directory failed (polling still works).
-    #[error("failed to watch {path}")]
-    WatchDirectory {
-        /// The directory.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: notify::Error,
     },
 }
 
@@ -101,35 +92,18 @@ pub struct KubeletWatch {
 }
 
 impl KubeletWatch {
-    /// Starts the watch task; it stops when `shutdown` turns true.
+    /// Starts the watch task (woken by `fswatch` events on `dir`, and by polling); it stops when `shutdown` turns true.
     pub fn spawn(
         dir: PathBuf,
         poll: Duration,
         metrics: Metrics,
+        fswatch: Option<&FsWatch>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Self {
         let (gen_tx, generation) = watch::channel(0u64);
         let (ev_tx, dir_events) = watch::channel(0u64);
-        let (notify_tx, mut notify_rx) = mpsc::unbounded_channel::<()>();
-        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.as_ref().is_ok_and(crate::unix::is_change) {
-                let _ = notify_tx.send(());
-            }
-        })
-        .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w))
-        .map_err(|source| KubeletError::WatchDirectory {
-            path: dir.clone(),
-            source,
-        });
-        let watcher = match watcher {
-            Ok(w) => Some(w),
-            Err(e) => {
-                warn!(error = %e, "no file-system events for the device plugin directory; polling only");
-                None
-            }
-        };
+        let mut events = FsWatch::watch_or_poll(fswatch, &dir);
         tokio::spawn(async move {
-            let _watcher = watcher;
             let mut last = kubelet_socket_identity(&dir);
             if last.is_some() {
                 info!(dir = %dir.display(), "kubelet socket present");
@@ -140,7 +114,7 @@ impl KubeletWatch {
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
-                    Some(()) = notify_rx.recv() => {
+                    Ok(()) = events.changed() => {
                         ev_tx.send_modify(|n| *n += 1);
                     }
                     _ = shutdown.wait_for(|s| *s) => break,

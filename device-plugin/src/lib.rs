@@ -24,6 +24,8 @@ pub mod cli;
 pub mod cluster;
 pub mod endpoint;
 pub mod events;
+pub mod fswatch;
+pub mod glob;
 pub mod health;
 pub mod inventory;
 pub mod kubelet;

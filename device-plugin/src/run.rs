@@ -4,12 +4,13 @@ use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::agent::{self, AgentConfig};
 use crate::cli::Cli;
 use crate::endpoint::EndpointTiming;
 use crate::events::NodeEvents;
+use crate::fswatch::FsWatch;
 use crate::health::{self, Readiness};
 use crate::metrics::Metrics;
 use crate::{cluster, standalone};
@@ -39,13 +40,22 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let metrics = Metrics::new();
     let readiness = Readiness::default();
+    // One inotify descriptor for every watched directory; without it everything is polled.
+    let fswatch = FsWatch::spawn(stop_rx.clone())
+        .inspect_err(|e| warn!(error = %e, "no file-system events; polling only"))
+        .ok();
     let (modules, events) = match (&cli.modules_from, &cli.node_name) {
         (Some(dir), _) => {
             let labels =
                 standalone::parse_node_labels(&cli.node_labels).map_err(RunError::NodeLabels)?;
             info!(dir = %dir.display(), labels = ?labels, "standalone mode");
-            let modules =
-                standalone::spawn(dir.clone(), labels, cli.poll_interval, stop_rx.clone());
+            let modules = standalone::spawn(
+                dir.clone(),
+                labels,
+                cli.poll_interval,
+                fswatch.as_ref(),
+                stop_rx.clone(),
+            );
             (modules, None)
         }
         (None, node) => {
@@ -77,7 +87,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         },
     };
     let agent = tokio::spawn(agent::run(
-        cfg, modules, metrics, readiness, events, stop_rx,
+        cfg, modules, metrics, readiness, events, fswatch, stop_rx,
     ));
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use kmm_api::Module;
-use notify::{RecursiveMode, Watcher};
 use serde::Deserialize;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
+use crate::fswatch::FsWatch;
 use crate::matching::{NodeFacts, module_targets};
 
 /// Errors of standalone mode.
@@ -142,11 +142,13 @@ fn fingerprint(dir: &Path) -> Fingerprint {
         .collect()
 }
 
-/// The Modules of `dir` that target a node with `labels`, refreshed on change until `shutdown` turns true.
+/// The Modules of `dir` that target a node with `labels`, refreshed on change (events from `fswatch`, and polling)
+/// until `shutdown` turns true.
 pub fn spawn(
     dir: PathBuf,
     labels: BTreeMap<String, String>,
     poll: Duration,
+    fswatch: Option<&FsWatch>,
     mut shutdown: watch::Receiver<bool>,
 ) -> watch::Receiver<Vec<Module>> {
     let node = NodeFacts {
@@ -167,25 +169,15 @@ pub fn spawn(
     };
     info!(dir = %dir.display(), modules = initial.len(), "read Modules");
     let (tx, rx) = watch::channel(select(initial));
-    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<()>();
-    let watcher = notify::recommended_watcher(move |r: notify::Result<notify::Event>| {
-        if r.as_ref().is_ok_and(crate::unix::is_change) {
-            let _ = ev_tx.send(());
-        }
-    })
-    .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w));
-    let watcher = watcher
-        .inspect_err(|e| warn!(error = %e, dir = %dir.display(), "no file-system events for the Modules directory; polling only"))
-        .ok();
+    let mut events = FsWatch::watch_or_poll(fswatch, &dir);
     tokio::spawn(async move {
-        let _watcher = watcher;
         let mut last = fingerprint(&dir);
         let mut tick = tokio::time::interval(poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                Some(()) = ev_rx.recv() => {}
+                Ok(()) = events.changed() => {}
                 _ = shutdown.wait_for(|s| *s) => break,
             }
             let now = fingerprint(&dir);

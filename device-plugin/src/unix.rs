@@ -58,9 +58,3 @@ pub fn listen(path: &Path) -> Result<UnixListenerStream, UnixError> {
     })?;
     Ok(UnixListenerStream::new(listener))
 }
-
-/// Whether a file-system event is a change (creation, removal, rename, write) rather than an access: inotify also
-/// reports opens and reads, and reacting to those would wake on our own reads of the watched directory.
-pub fn is_change(event: &notify::Event) -> bool {
-    !matches!(event.kind, notify::EventKind::Access(_))
-}

@@ -10,6 +10,8 @@
 //!   a re-registration replaces the endpoint;
 //! - keeps capacity (all devices) and allocatable (healthy devices) per resource, and allocates per container
 //!   (`GetPreferredAllocation` when the plugin offers it, then `Allocate`);
+//! - [`KubeletSim::make_unreachable`] makes the kubelet's dial back to one resource's endpoint fail, the one way a
+//!   real kubelet refuses a Register whose name and version are valid (its `connectClient` error is the reason);
 //! - [`KubeletSim::restart`] stops the registration server, deletes every file in the directory except the
 //!   checkpoint, drops the plugin connections and serves a new kubelet.sock, as a kubelet restart does.
 
@@ -140,6 +142,8 @@ pub struct State {
     pub registrations: Vec<RegistrationRecord>,
     /// Restarts so far.
     pub restarts: usize,
+    /// Resources whose endpoint the kubelet cannot dial (see [`KubeletSim::make_unreachable`]).
+    pub unreachable: BTreeSet<String>,
 }
 
 impl State {
@@ -276,7 +280,13 @@ impl RegistrationService {
                 r.resource_name
             )));
         }
-        let socket = self.0.dir.join(&r.endpoint);
+        // An unreachable resource is dialled where its socket is not: the real connect fails with its real error.
+        let unreachable = self.0.lock().unreachable.contains(&r.resource_name);
+        let socket = if unreachable {
+            self.0.dir.join("unreachable").join(&r.endpoint)
+        } else {
+            self.0.dir.join(&r.endpoint)
+        };
         let channel = unix::connect(&socket)
             .await
             .map_err(|e| Status::unknown(format!("failed to dial device plugin: {e}")))?;
@@ -430,6 +440,13 @@ impl KubeletSim {
                 abort.abort();
             }
         }
+    }
+
+    /// From now on the kubelet cannot dial the endpoint of `resource` (as when the plugin's socket is not where the
+    /// kubelet looks, or the plugin does not answer): its Register calls fail with the dial error as the reason, as
+    /// the kubelet's `connectClient` failure does.
+    pub fn make_unreachable(&self, resource: &str) {
+        self.shared.lock().unreachable.insert(resource.to_owned());
     }
 
     /// A kubelet restart: the registration server stops, the plugin connections drop (devices unhealthy), every file
@@ -642,5 +659,48 @@ mod tests {
             !is_extended_resource_name(&long_domain),
             "requests.<domain> exceeds 253"
         );
+    }
+
+    /// kmm-api's check (what the webhook and the plugin enforce) and the simulator's kubelet rule agree on
+    /// generated names, so no Module that passes validation is refused by the kubelet for its name.
+    #[test]
+    fn kmm_api_agrees_with_the_kubelet_rule() {
+        const PARTS: &[&str] = &[
+            "a",
+            "Z",
+            "0",
+            "-",
+            "_",
+            ".",
+            "/",
+            "kubernetes.io",
+            "requests.",
+            "example.com",
+            "x",
+        ];
+        let mut state = 0x1234_5678_9abc_def1_u64;
+        let mut next = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let mut accepted = 0;
+        for _ in 0..50_000 {
+            let name: String = (0..1 + next(6)).map(|_| PARTS[next(PARTS.len())]).collect();
+            let kubelet = is_extended_resource_name(&name);
+            let api = kmm_api::validation::extended_resource_name(&name).is_empty();
+            assert_eq!(api, kubelet, "{name:?}");
+            accepted += usize::from(kubelet);
+        }
+        assert!(accepted > 500, "only {accepted} valid names generated");
+        for n in [253 - 9, 253 - 8] {
+            let name = format!("{}/gpu", "a".repeat(n));
+            assert_eq!(
+                kmm_api::validation::extended_resource_name(&name).is_empty(),
+                is_extended_resource_name(&name),
+                "{n}"
+            );
+        }
     }
 }

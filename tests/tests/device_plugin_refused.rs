@@ -1,5 +1,8 @@
-//! A Module whose resource name the kubelet refuses: the plugin logs the kubelet's reason and retries, while the
-//! other Modules keep working. A Module with an invalid devices section is skipped with its field paths logged.
+//! A registration the kubelet refuses: the plugin logs the kubelet's reason and retries, while the other Modules keep
+//! working. kmm-api checks resource names exactly as the kubelet does, so a name the kubelet would refuse never
+//! reaches it: such a Module, like one with an invalid devices section, is skipped with its field paths logged. The
+//! refusal is the one a real kubelet makes for a valid name: it cannot dial the plugin's endpoint back
+//! ([`KubeletSim::make_unreachable`]).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::{Duration, Instant};
@@ -7,9 +10,11 @@ use std::time::{Duration, Instant};
 use kmm_e2e::device_plugin::{Node, Plugin, http_get, module_yaml};
 use kmm_e2e::kubelet_sim::KubeletSim;
 
-// Passes kmm-api's validation, but the kubelet refuses any name containing "kubernetes.io/".
-const REFUSED: &str = "example-kubernetes.io/gpu";
+// Valid, but the kubelet cannot dial its endpoint.
+const REFUSED: &str = "example.com/unreachable";
 const GOOD: &str = "example.com/good";
+// The kubelet refuses any name containing "kubernetes.io/"; so does kmm-api, and the plugin never registers it.
+const NATIVE: &str = "example-kubernetes.io/gpu";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_registration_is_logged_and_others_keep_working() {
@@ -28,6 +33,12 @@ async fn refused_registration_is_logged_and_others_keep_working() {
             &format!("{{resourceName: {GOOD}, slots: 2, env: [{{name: GOOD, value: 'yes'}}]}}"),
         ),
         module_yaml(
+            "native",
+            None,
+            "{}",
+            &format!("{{resourceName: {NATIVE}, slots: 1}}"),
+        ),
+        module_yaml(
             "invalid",
             None,
             "{}",
@@ -37,6 +48,7 @@ async fn refused_registration_is_logged_and_others_keep_working() {
     .join("---\n");
     node.write_modules("m.yaml", &yaml).unwrap();
     let sim = KubeletSim::start(&node.plugin_dir()).await.unwrap();
+    sim.make_unreachable(REFUSED);
     let plugin = Plugin::start(&node, "", &["--register-backoff-max", "500ms"]).unwrap();
 
     sim.wait_until(
@@ -55,7 +67,14 @@ async fn refused_registration_is_logged_and_others_keep_working() {
     .unwrap_or_else(|e| panic!("{e}\n{}", plugin.log()));
 
     // The kubelet's reason is in the plugin's log.
-    let reason = format!("the ResourceName \"{REFUSED}\" is invalid");
+    let reason = sim.with_state(|s| {
+        s.registrations
+            .iter()
+            .find(|r| r.resource == REFUSED)
+            .and_then(|r| r.result.clone().err())
+            .unwrap()
+    });
+    assert!(reason.contains("failed to dial device plugin"), "{reason}");
     let deadline = Instant::now() + Duration::from_secs(2);
     while !plugin.log().contains(&reason) {
         assert!(
@@ -65,7 +84,7 @@ async fn refused_registration_is_logged_and_others_keep_working() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // The invalid Module is skipped, its fields named.
+    // The invalid Modules are skipped, their fields named, and never registered.
     let log = plugin.log();
     assert!(
         log.contains("kmm/invalid")
@@ -73,10 +92,16 @@ async fn refused_registration_is_logged_and_others_keep_working() {
             && log.contains("spec.devices.paths[0]"),
         "{log}"
     );
+    assert!(
+        log.contains("kmm/native")
+            && log.contains("spec.devices.resourceName")
+            && log.contains("kubernetes.io/"),
+        "{log}"
+    );
     assert!(sim.with_state(|s| {
         s.registrations
             .iter()
-            .all(|r| r.resource != "example.com/invalid")
+            .all(|r| r.resource != "example.com/invalid" && r.resource != NATIVE)
     }));
 
     // The good Module keeps working.

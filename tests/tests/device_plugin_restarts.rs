@@ -142,7 +142,12 @@ async fn a_kubelet_that_is_not_up_yet_is_waited_for() {
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", plugin.log()));
     println!("kubelet up -> registered: {:?}", t0.elapsed());
-    assert_eq!(http_get(addr, "/readyz").unwrap().0, 200);
+    // The kubelet may consume ListAndWatch before the plugin has read the Register answer: wait briefly for ready.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while http_get(addr, "/readyz").unwrap().0 != 200 {
+        assert!(Instant::now() < deadline, "not ready:\n{}", plugin.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     sim.stop().await;
 }
 

@@ -1,8 +1,9 @@
 //! Kubernetes name validators (apimachinery `util/validation`), with its error texts.
-
-use std::sync::LazyLock;
-
-use regex::Regex;
+//!
+//! The apimachinery regexps are small enough to check character by character; the `*_FMT` constants keep the
+//! regexps for the error texts and the unit tests, which cross-check the checks against them. (The device plugin
+//! validates every Module it reads with these: compiling the regexps there cost more resident memory than the rest of
+//! validation together.)
 
 const QUALIFIED_NAME_FMT: &str = "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]";
 const LABEL_VALUE_FMT: &str = "(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?";
@@ -10,21 +11,45 @@ const DNS1123_SUBDOMAIN_FMT: &str =
     r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*";
 const ENV_VAR_NAME_FMT: &str = "[-._a-zA-Z][-._a-zA-Z0-9]*";
 
-fn anchored(fmt: &str) -> Regex {
-    // The patterns are constants above; a failure here is a programming error caught by the unit tests, so fall back
-    // to a regex that matches nothing instead of panicking.
-    Regex::new(&format!("^(?:{fmt})$")).unwrap_or_else(|_| never_matches())
+/// `([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]`.
+fn is_qualified_name_part(s: &str) -> bool {
+    let b = s.as_bytes();
+    match (b.first(), b.last()) {
+        (Some(f), Some(l)) => {
+            f.is_ascii_alphanumeric()
+                && l.is_ascii_alphanumeric()
+                && b.iter()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        }
+        _ => false,
+    }
 }
 
-fn never_matches() -> Regex {
-    #[allow(clippy::unwrap_used)]
-    Regex::new("[^\\s\\S]").unwrap()
+/// One DNS-1123 label: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`.
+fn is_dns1123_label(s: &str) -> bool {
+    let lower_alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let b = s.as_bytes();
+    match (b.first(), b.last()) {
+        (Some(f), Some(l)) => {
+            lower_alnum(f) && lower_alnum(l) && b.iter().all(|c| lower_alnum(c) || *c == b'-')
+        }
+        _ => false,
+    }
 }
 
-static QUALIFIED_NAME: LazyLock<Regex> = LazyLock::new(|| anchored(QUALIFIED_NAME_FMT));
-static LABEL_VALUE: LazyLock<Regex> = LazyLock::new(|| anchored(LABEL_VALUE_FMT));
-static DNS1123_SUBDOMAIN: LazyLock<Regex> = LazyLock::new(|| anchored(DNS1123_SUBDOMAIN_FMT));
-static ENV_VAR_NAME: LazyLock<Regex> = LazyLock::new(|| anchored(ENV_VAR_NAME_FMT));
+/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*`.
+fn is_dns1123_subdomain(s: &str) -> bool {
+    s.split('.').all(is_dns1123_label)
+}
+
+/// `[-._a-zA-Z][-._a-zA-Z0-9]*`.
+fn is_env_var_name(s: &str) -> bool {
+    let allowed = |c: &u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_');
+    s.as_bytes()
+        .first()
+        .is_some_and(|f| !f.is_ascii_digit() && allowed(f))
+        && s.as_bytes().iter().all(allowed)
+}
 
 /// `IsQualifiedName`: an optional DNS-1123 subdomain prefix and `/`, then a name of at most 63 characters.
 pub fn qualified_name(value: &str) -> Vec<String> {
@@ -58,7 +83,7 @@ pub fn qualified_name(value: &str) -> Vec<String> {
     } else if name.len() > 63 {
         errs.push("name part must be no more than 63 characters".to_owned());
     }
-    if !name.is_empty() && !QUALIFIED_NAME.is_match(name) {
+    if !name.is_empty() && !is_qualified_name_part(name) {
         errs.push(format!(
             "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an \
              alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is \
@@ -74,7 +99,7 @@ pub fn label_value(value: &str) -> Vec<String> {
     if value.len() > 63 {
         errs.push("must be no more than 63 characters".to_owned());
     }
-    if !LABEL_VALUE.is_match(value) {
+    if !(value.is_empty() || is_qualified_name_part(value)) {
         errs.push(format!(
             "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must \
              start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used \
@@ -90,7 +115,7 @@ pub fn dns1123_subdomain(value: &str) -> Vec<String> {
     if value.len() > 253 {
         errs.push("must be no more than 253 characters".to_owned());
     }
-    if !DNS1123_SUBDOMAIN.is_match(value) {
+    if !is_dns1123_subdomain(value) {
         errs.push(format!(
             "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must \
              start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is \
@@ -103,7 +128,7 @@ pub fn dns1123_subdomain(value: &str) -> Vec<String> {
 /// `IsEnvVarName`: a C-like identifier that may also contain `-` and `.`, not `.` or `..` alone.
 pub fn env_var_name(value: &str) -> Vec<String> {
     let mut errs = Vec::new();
-    if !ENV_VAR_NAME.is_match(value) {
+    if !is_env_var_name(value) {
         errs.push(format!(
             "a valid environment variable name must consist of alphabetic characters, digits, '_', '-', or '.', and \
              must not start with a digit (regex used for validation is '{ENV_VAR_NAME_FMT}')"
@@ -115,25 +140,31 @@ pub fn env_var_name(value: &str) -> Vec<String> {
     errs
 }
 
-/// `IsExtendedResourceName` as the kubelet applies it to device plugin registrations: `domain/name`, not in the
-/// `kubernetes.io` domain, not starting with `requests.`, and a qualified name.
+/// `IsExtendedResourceName` as the kubelet applies it to device plugin registrations
+/// (k8s.io/kubernetes `pkg/apis/core/v1/helper`): not a native resource (`IsNativeResource`: the name has a `/` and
+/// does not contain `kubernetes.io/` anywhere, so `example-kubernetes.io/gpu` is refused too), no `requests.` prefix,
+/// and `requests.<name>` is a qualified name (so the domain has at most 244 characters).
 pub fn extended_resource_name(value: &str) -> Vec<String> {
     let mut errs = Vec::new();
     if !value.contains('/') {
         errs.push("must be a domain-prefixed name (e.g. 'example.com/gpu'): the kubelet refuses names without a domain".to_owned());
         return errs;
     }
-    let domain = value.split('/').next().unwrap_or_default();
-    if domain == "kubernetes.io" || domain.ends_with(".kubernetes.io") {
-        errs.push(format!(
-            "the domain {domain:?} is reserved for native resources: the kubelet refuses extended resources in the \
-             kubernetes.io domain"
-        ));
+    if value.contains("kubernetes.io/") {
+        errs.push(
+            "must not contain 'kubernetes.io/': the kubelet refuses extended resources in the kubernetes.io domain \
+             (any name containing 'kubernetes.io/' counts as native)"
+                .to_owned(),
+        );
     }
     if value.starts_with("requests.") {
         errs.push("must not start with 'requests.'".to_owned());
     }
-    errs.extend(qualified_name(value));
+    errs.extend(
+        qualified_name(&format!("requests.{value}"))
+            .into_iter()
+            .map(|e| format!("'requests.' + name: {e}")),
+    );
     errs
 }
 
@@ -215,14 +246,83 @@ mod tests {
         assert!(!dns1123_subdomain(&"a".repeat(254)).is_empty());
     }
 
+    /// The kubelet's `IsExtendedResourceName` cases (k8s.io/kubernetes helper tests), the `kubernetes.io/`
+    /// substring rule and the length of `requests.<name>`.
     #[test]
-    fn extended_resources() {
-        assert!(extended_resource_name("example.com/gpu").is_empty());
-        assert!(extended_resource_name("kmm.sigs.x-k8s.io/default.simple-kmod").is_empty());
-        assert!(!extended_resource_name("gpu").is_empty());
-        assert!(!extended_resource_name("kubernetes.io/gpu").is_empty());
-        assert!(!extended_resource_name("kmm.node.kubernetes.io/gpu").is_empty());
-        assert!(!extended_resource_name("requests.example.com/gpu").is_empty());
+    fn extended_resources_as_the_kubelet_judges_them() {
+        let domain_244 = format!("{}.com", "a".repeat(240));
+        let domain_245 = format!("{}.com", "a".repeat(241));
+        for (name, want) in [
+            ("pod.alpha.kubernetes.io/opaque-int-resource-foo", false),
+            ("kubernetes.io/resource-foo", false),
+            ("foo", false),
+            ("a/b", true),
+            ("requests.foobar", false),
+            ("c/d/", false),
+            ("", false),
+            ("example.com/gpu", true),
+            ("nvidia.com/gpu", true),
+            ("kmm.sigs.x-k8s.io/default.simple-kmod", true),
+            ("hugepages-2Mi", false),
+            ("cpu", false),
+            ("kmm.node.kubernetes.io/gpu", false),
+            // Contains "kubernetes.io/": the kubelet refuses it although the domain is not kubernetes.io.
+            ("example-kubernetes.io/gpu", false),
+            ("notkubernetes.io/gpu", false),
+            // Not followed by "/": allowed.
+            ("kubernetes.io.example.com/gpu", true),
+            ("example.com/kubernetes.io", true),
+            ("requests.example.com/gpu", false),
+            ("Example.com/gpu", false),
+            ("example.com/-gpu", false),
+            ("example.com/GPU_1.x", true),
+            (&format!("example.com/{}", "g".repeat(63)), true),
+            (&format!("example.com/{}", "g".repeat(64)), false),
+            // "requests." + name must be a qualified name: the domain loses 9 of its 253 characters.
+            (&format!("{domain_244}/gpu"), true),
+            (&format!("{domain_245}/gpu"), false),
+        ] {
+            assert_eq!(
+                extended_resource_name(name).is_empty(),
+                want,
+                "{name}: {:?}",
+                extended_resource_name(name)
+            );
+        }
+    }
+
+    /// The hand-written checks agree with the apimachinery regexps on generated strings.
+    #[test]
+    fn checks_agree_with_the_regexps() {
+        let anchored = |fmt: &str| regex::Regex::new(&format!("^(?:{fmt})$")).unwrap();
+        let qualified = anchored(QUALIFIED_NAME_FMT);
+        let label = anchored(LABEL_VALUE_FMT);
+        let subdomain = anchored(DNS1123_SUBDOMAIN_FMT);
+        let env = anchored(ENV_VAR_NAME_FMT);
+        const ALPHABET: &[u8] = b"aZ09-_./ \\";
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        for _ in 0..50_000 {
+            let s: String = (0..next(8))
+                .map(|_| match ALPHABET[next(ALPHABET.len())] {
+                    b'\\' => '\u{e9}',
+                    b => b as char,
+                })
+                .collect();
+            assert_eq!(is_qualified_name_part(&s), qualified.is_match(&s), "{s:?}");
+            assert_eq!(
+                s.is_empty() || is_qualified_name_part(&s),
+                label.is_match(&s),
+                "{s:?}"
+            );
+            assert_eq!(is_dns1123_subdomain(&s), subdomain.is_match(&s), "{s:?}");
+            assert_eq!(is_env_var_name(&s), env.is_match(&s), "{s:?}");
+        }
     }
 
     #[test]
