@@ -108,9 +108,9 @@ pub enum Command {
         #[arg(long, env = "KMM_CERT_OUTPUT")]
         output: Option<PathBuf>,
     },
-    /// Load a module and its dependencies with modprobe semantics over finit_module.
+    /// Load a module with its dependencies and softdeps, with modprobe semantics over finit_module.
     Load(LoadArgs),
-    /// Unload a module and then its dependencies, in reverse order; never forces.
+    /// Unload a module like modprobe -r, with its softdeps and the dependencies it leaves unused; never forces.
     Unload(UnloadArgs),
     /// Wait until /sys/module/NAME exists (and has the given version).
     Wait {
@@ -141,10 +141,12 @@ pub struct LoadArgs {
     /// Module parameter for MODULE (repeatable).
     #[arg(long = "param", env = "KMM_PARAM", value_delimiter = ' ')]
     pub params: Vec<String>,
-    /// modulesLoadingOrder: the listed modules load in reverse order, ending with the first.
+    /// modulesLoadingOrder: the listed modules load in reverse order, ending with the first (softdep lines
+    /// `softdep a pre: b` like upstream's softdep.conf; a module's own softdep takes precedence, as in modprobe).
     #[arg(long, env = "KMM_ORDER", value_delimiter = ',')]
     pub order: Vec<String>,
-    /// In-tree modules to unload first (only if not in use).
+    /// In-tree modules to unload first, like modprobe -r (with the dependencies they leave unused); refused if
+    /// one is in use.
     #[arg(long, env = "KMM_REMOVE_IN_TREE", value_delimiter = ',')]
     pub remove_in_tree: Vec<String>,
     /// Firmware directory to copy from.
