@@ -231,12 +231,15 @@ pub fn plan_load(
     let tree = req.dir.join("lib/modules").join(&kernel);
     let mut index = ModuleIndex::build(&[tree, host.lib_modules(&kernel)])?;
 
-    // In-tree removal resolves against the host's tree only, as upstream's `modprobe -rv` (no -d) does.
+    // In-tree removal resolves against the host's tree only, as upstream's `modprobe -rv` (no -d) does, with
+    // the softdep.conf of --order that the load pod mounts in /etc/modprobe.d.
+    let order = parse_softdep_file(&softdep_conf(&req.order));
     let (removed, mut actions) = if req.remove_in_tree.is_empty() {
         (Vec::new(), Vec::new())
     } else {
         let mut host_index = ModuleIndex::build(&[host.lib_modules(&kernel)])?;
         let mut remover = remove::Remover::new(host, &mut host_index, &mut builtins);
+        remover.extra = order.clone();
         for m in &req.remove_in_tree {
             remover.remove(m, true, "in-tree module not loaded")?;
         }
@@ -263,7 +266,6 @@ pub fn plan_load(
     };
     let target = normalize(&req.module);
     let params = build_params(&req.params)?;
-    let order = parse_softdep_file(&softdep_conf(&req.order));
     for line in &order {
         if let Ok(Some(own)) = index.softdep(&line.pattern, &[]) {
             tracing::warn!(

@@ -16,7 +16,7 @@
 use std::collections::HashSet;
 
 use super::deps::ModuleIndex;
-use super::softdep::{Builtins, Resolved};
+use super::softdep::{Builtins, Resolved, SoftdepLine};
 use super::sysfs::{HostPaths, ModuleState, normalize};
 use super::{Action, ModprobeError};
 
@@ -25,6 +25,8 @@ pub(super) struct Remover<'a> {
     pub host: &'a HostPaths,
     pub index: &'a mut ModuleIndex,
     pub builtins: &'a mut Builtins,
+    /// Softdep lines besides the trees' own (upstream's softdep.conf, mounted in load pods only).
+    pub extra: Vec<SoftdepLine>,
     /// Modules this plan unloads, in order.
     pub removed: Vec<String>,
     pub actions: Vec<Action>,
@@ -54,6 +56,7 @@ impl<'a> Remover<'a> {
             host,
             index,
             builtins,
+            extra: Vec::new(),
             removed: Vec::new(),
             actions: Vec::new(),
             visiting: HashSet::new(),
@@ -95,7 +98,7 @@ impl<'a> Remover<'a> {
                 refcnt, holders, ..
             } => (refcnt, holders),
         };
-        let line = match self.index.softdep(&m, &[]) {
+        let line = match self.index.softdep(&m, &self.extra) {
             Ok(l) => l.unwrap_or_default(),
             Err(e) => {
                 tracing::warn!(module = %m, error = %e, "failed to read softdeps; removing without them");

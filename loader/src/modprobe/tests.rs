@@ -764,3 +764,35 @@ fn a_loaded_module_is_left_alone_softdeps_included() {
         [("m", true), ("q", false)].map(|(m, r)| (m.to_string(), r))
     );
 }
+
+#[test]
+fn in_tree_removal_follows_the_order_softdeps_like_the_load_pod() {
+    let f = fixture();
+    // The in-tree kmm_ci (same name as the new one) and kmm_ci_b, named by the order: upstream's modprobe -rv
+    // sees softdep.conf (`softdep kmm_ci pre: kmm_ci_b`) and removes both.
+    put(&f.root, "kernel/kmm_ci.ko", &module_with("kmm_ci", "", &[]));
+    put(
+        &f.root,
+        "kernel/kmm_ci_b.ko",
+        &module_with("kmm_ci_b", "", &[]),
+    );
+    put(&f.image, "extra/kmm_ci.ko", &module_with("kmm_ci", "", &[]));
+    put(
+        &f.image,
+        "extra/kmm_ci_b.ko",
+        &module_with("kmm_ci_b", "", &[]),
+    );
+    mark_loaded(&f, "kmm_ci", 0, &[]);
+    mark_loaded(&f, "kmm_ci_b", 0, &[]);
+    let mut r = req("kmm_ci");
+    r.dir = f.image.clone();
+    r.order = vec!["kmm_ci".into(), "kmm_ci_b".into()];
+    r.remove_in_tree = vec!["kmm_ci".into()];
+    let actions = plan_load(&f.host, &r, KVER).unwrap();
+    let (loads, _) = loads_and_skips(&actions);
+    assert_eq!(names(&actions)[..2], ["unload kmm_ci", "unload kmm_ci_b"]);
+    assert_eq!(
+        loads,
+        [("kmm_ci_b", false), ("kmm_ci", true)].map(|(m, r)| (m.to_string(), r))
+    );
+}
