@@ -10,7 +10,8 @@
 //!   container, restarts that wipe the socket directory); [`device_plugin`]: the real `kmm-device-plugin` binary
 //!   run against a temporary host tree; [`device_plugin_bench`]: its benchmark (`cargo xtask bench device-plugin`).
 //! - [`registry`]: Debian's `docker-registry` on 127.0.0.1 (plain, or TLS + htpasswd), `skopeo`, OCI layouts and
-//!   hostile tar layers for the image tests.
+//!   hostile tar layers for the image tests; [`token_server`]: a bearer-token server (ES256 JWTs, basic
+//!   credentials checked) the registry trusts, for the token flow.
 //! - [`cache`], [`cmd`]: the shared cache directory (`$KMM_CACHE_DIR` or `~/.cache/kmm-rs`) and host tools.
 //!
 //! System packages come from `tests/setup/install-deps.sh`; a missing tool is an error naming that script.
@@ -24,3 +25,4 @@ pub mod kmod_build;
 pub mod kubelet_sim;
 pub mod qemu;
 pub mod registry;
+pub mod token_server;

@@ -59,15 +59,33 @@ fn free_port() -> Result<u16, Error> {
 impl RegistryServer {
     /// Plain HTTP, no auth.
     pub fn start_plain() -> Result<Self, Error> {
-        Self::start(false, None)
+        Self::start(false, None, None)
+    }
+
+    /// Plain HTTP with the bearer-token flow: `token` issues the tokens and checks `user`/`password`
+    /// (kept here for skopeo's flags and [`Self::pull_secret`]).
+    pub fn start_token_auth(
+        token: &crate::token_server::TokenServer,
+        user: &str,
+        password: &str,
+    ) -> Result<Self, Error> {
+        Self::start(
+            false,
+            Some((user.to_owned(), password.to_owned())),
+            Some(token.registry_auth_config()),
+        )
     }
 
     /// TLS with a fresh test CA, and htpasswd (bcrypt) basic auth for `user`/`password`.
     pub fn start_tls_auth(user: &str, password: &str) -> Result<Self, Error> {
-        Self::start(true, Some((user.to_owned(), password.to_owned())))
+        Self::start(true, Some((user.to_owned(), password.to_owned())), None)
     }
 
-    fn start(tls: bool, creds: Option<(String, String)>) -> Result<Self, Error> {
+    fn start(
+        tls: bool,
+        creds: Option<(String, String)>,
+        token_auth: Option<String>,
+    ) -> Result<Self, Error> {
         let bin = cmd::require("docker-registry")?;
         let dir = tempfile::Builder::new()
             .prefix("kmm-registry-")
@@ -93,7 +111,9 @@ impl RegistryServer {
             fs::copy(d.join("ca.crt"), cdir.join("ca.crt")).map_err(io_err("copy ca.crt"))?;
             cert_dir = Some(cdir);
         }
-        if let Some((u, p)) = &creds {
+        if let Some(auth) = &token_auth {
+            config.push_str(auth);
+        } else if let Some((u, p)) = &creds {
             let line = cmd::stdout(Command::new(cmd::require("htpasswd")?).args(["-Bbn", u, p]))?;
             fs::write(d.join("htpasswd"), line.trim()).map_err(io_err("write htpasswd"))?;
             config.push_str(&format!(

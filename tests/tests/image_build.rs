@@ -12,6 +12,16 @@ use kmm_e2e::kmod_build;
 use kmm_e2e::registry::{RegistryServer, digest, skopeo};
 use kmm_loader::cli::{Cli, Command as LoaderCommand};
 
+/// What `image build` of tests/fixtures/simple-kmod puts under lib/modules/<kernel> (sorted).
+const FIXTURE_FILES: [&str; 6] = [
+    "kmm_fail.ko",
+    "kmm_post.ko",
+    "kmm_simple.ko",
+    "kmm_simple_dep.ko",
+    "kmm_softdep.ko",
+    "modules.dep",
+];
+
 async fn loader(args: &[&str]) -> anyhow::Result<String> {
     let cli = Cli::try_parse_from(std::iter::once("kmm-loader").chain(args.iter().copied()))?;
     match cli.command {
@@ -110,8 +120,14 @@ async fn image_build_signed_module_pushes_and_pulls_back() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, ["kmm_simple.ko", "kmm_simple_dep.ko", "modules.dep"]);
-    for m in ["kmm_simple.ko", "kmm_simple_dep.ko"] {
+    // Every module of the fixture (kmm_softdep and its partners joined kmm_simple and kmm_simple_dep).
+    assert_eq!(names, FIXTURE_FILES);
+    let modules: Vec<&str> = FIXTURE_FILES
+        .iter()
+        .copied()
+        .filter(|n| n.ends_with(".ko"))
+        .collect();
+    for m in &modules {
         let o = Command::new("modinfo")
             .args(["-F", "signer"])
             .arg(kdir.join(m))
@@ -137,7 +153,7 @@ async fn image_build_signed_module_pushes_and_pulls_back() {
     let root = w.join("depmod-root");
     let rdir = root.join("lib/modules").join(&krel);
     fs::create_dir_all(&rdir).unwrap();
-    for m in ["kmm_simple.ko", "kmm_simple_dep.ko"] {
+    for m in &modules {
         fs::copy(kdir.join(m), rdir.join(m)).unwrap();
     }
     let o = Command::new("depmod")

@@ -11,15 +11,23 @@
 //! with a warning, since the loader resolves in-tree modules from the host itself.
 //! After the last layer [`Extractor::finish`] resolves every symlink physically and refuses any that
 //! escapes through a chain of links.
+//!
+//! File contents are written by a background thread ([`writer`]) while this one decompresses and parses the
+//! next entries; directories already checked or created in this extraction are remembered, so the parents of
+//! a file are not re-examined for every file (the memory is dropped whenever a directory is removed).
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fmt;
 use std::fs;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+mod writer;
+use writer::{CHUNK, Piece, Writer};
 
 /// Limits against decompression bombs and oversized content.
 #[derive(Clone, Copy, Debug)]
@@ -157,6 +165,10 @@ pub struct Extractor {
     stats: Stats,
     layer_written: HashSet<PathBuf>,
     layer: String,
+    /// Paths (relative) known to be real directories: created or checked here, none removed since.
+    dirs: HashSet<PathBuf>,
+    /// Started at the first regular file.
+    writer: Option<Writer>,
 }
 
 const WH_PREFIX: &[u8] = b".wh.";
@@ -268,6 +280,8 @@ impl Extractor {
             stats: Stats::default(),
             layer_written: HashSet::new(),
             layer: String::new(),
+            dirs: HashSet::new(),
+            writer: None,
         }
     }
 
@@ -326,6 +340,13 @@ impl Extractor {
 
     /// Creates the parents of `rel` as real directories, refusing to pass through a symlink.
     fn make_parents(&mut self, raw: &[u8], rel: &Path) -> Result<(), ExtractError> {
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        // `layer_written` holds the ancestors of everything it holds, so the parent alone tells.
+        if parent.as_os_str().is_empty()
+            || (self.dirs.contains(parent) && self.layer_written.contains(parent))
+        {
+            return Ok(());
+        }
         let mut p = self.root.clone();
         let mut r = PathBuf::new();
         let comps: Vec<_> = rel.components().collect();
@@ -346,6 +367,7 @@ impl Extractor {
                 Err(e) => return Err(self.write_err(&r, e)),
             }
             self.layer_written.insert(r.clone());
+            self.dirs.insert(r.clone());
         }
         Ok(())
     }
@@ -367,11 +389,69 @@ impl Extractor {
         Ok(())
     }
 
+    /// Creates a new regular file at `rel` (whose parents are real directories), replacing whatever a lower
+    /// layer or an earlier entry left there; never follows a symlink (`O_EXCL`).
+    fn create_file(&mut self, rel: &Path, mode: u32) -> Result<fs::File, ExtractError> {
+        let path = self.root.join(rel);
+        let open = || {
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(&path)
+        };
+        match open() {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                self.remove(rel)?;
+                open().map_err(|e| self.write_err(rel, e))
+            }
+            other => other.map_err(|e| self.write_err(rel, e)),
+        }
+    }
+
+    /// Queues a piece of file content for the writer thread (started on first use).
+    fn write_piece(&mut self, piece: Piece) -> Result<(), ExtractError> {
+        let writer = match &mut self.writer {
+            Some(w) => w,
+            None => {
+                let w = Writer::start().map_err(|source| ExtractError::WriteEntry {
+                    path: piece.path.clone(),
+                    source,
+                })?;
+                self.writer.insert(w)
+            }
+        };
+        writer
+            .send(piece)
+            .map_err(|(path, source)| ExtractError::WriteEntry { path, source })
+    }
+
+    /// Reports the writer thread's first failure, if any.
+    fn check_writer(&self) -> Result<(), ExtractError> {
+        match &self.writer {
+            Some(w) => w
+                .check()
+                .map_err(|(path, source)| ExtractError::WriteEntry { path, source }),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for the writer thread to write everything queued.
+    fn flush_writer(&mut self) -> Result<(), ExtractError> {
+        match self.writer.take() {
+            Some(w) => w
+                .finish()
+                .map_err(|(path, source)| ExtractError::WriteEntry { path, source }),
+            None => Ok(()),
+        }
+    }
+
     /// Removes whatever is at `rel` (never following a symlink).
-    fn remove(&self, rel: &Path) -> Result<(), ExtractError> {
+    fn remove(&mut self, rel: &Path) -> Result<(), ExtractError> {
         let p = self.root.join(rel);
         match fs::symlink_metadata(&p) {
             Ok(m) if m.file_type().is_dir() => {
+                self.dirs.clear();
                 fs::remove_dir_all(&p).map_err(|e| self.write_err(rel, e))
             }
             Ok(_) => fs::remove_file(&p).map_err(|e| self.write_err(rel, e)),
@@ -381,7 +461,7 @@ impl Extractor {
     }
 
     /// Removes the content of directory `rel` that lower layers wrote (opaque whiteout semantics).
-    fn clear_lower(&self, rel: &Path) -> Result<(), ExtractError> {
+    fn clear_lower(&mut self, rel: &Path) -> Result<(), ExtractError> {
         let p = self.root.join(rel);
         match fs::symlink_metadata(&p) {
             Ok(m) if m.file_type().is_dir() => {}
@@ -595,25 +675,20 @@ impl Extractor {
                 | tar::EntryType::Continuous
                 | tar::EntryType::GNUSparse => {
                     self.count(&raw)?;
-                    self.remove(&out)?;
-                    let path = self.root.join(&out);
-                    let mut f = fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(mode & 0o755)
-                        .open(&path)
-                        .map_err(|e| self.write_err(&out, e))?;
-                    let mut buf = vec![0u8; 128 << 10];
+                    self.check_writer()?;
+                    let file = Arc::new(self.create_file(&out, mode & 0o755)?);
                     let mut n: u64 = 0;
                     loop {
-                        let k = match entry.read(&mut buf) {
-                            Ok(0) => break,
+                        let left = entry.size().saturating_sub(n);
+                        let cap = usize::try_from(left).unwrap_or(CHUNK).min(CHUNK);
+                        let mut data = Vec::with_capacity(cap);
+                        let k = match (&mut entry).take(CHUNK as u64).read_to_end(&mut data) {
                             Ok(k) => k,
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                             Err(e) => {
                                 return Err(read_err(name, e).unwrap_or_else(|| limit_err(self)));
                             }
                         };
+                        let offset = n;
                         n += k as u64;
                         if n > self.limits.max_file_size {
                             return Err(
@@ -626,12 +701,20 @@ impl Extractor {
                                 Refusal::TotalSizeExceeded(self.limits.max_total_size),
                             ));
                         }
-                        f.write_all(&buf[..k])
-                            .map_err(|e| self.write_err(&out, e))?;
+                        // A short piece is the last one; the mode goes with it (set exactly, as the mode
+                        // given at open is filtered by the umask).
+                        let last = k < CHUNK;
+                        self.write_piece(Piece {
+                            file: file.clone(),
+                            offset,
+                            data,
+                            mode: last.then_some(mode & 0o755),
+                            path: self.root.join(&out),
+                        })?;
+                        if last {
+                            break;
+                        }
                     }
-                    // The mode given at open is filtered by the umask; set it exactly.
-                    f.set_permissions(fs::Permissions::from_mode(mode & 0o755))
-                        .map_err(|e| self.write_err(&out, e))?;
                     self.stats.bytes += n;
                     self.stats.files += 1;
                 }
@@ -682,7 +765,8 @@ impl Extractor {
 
     /// Checks that every symlink in the tree resolves (physically, through other links) inside the root,
     /// then returns the counters.
-    pub fn finish(self) -> Result<Stats, ExtractError> {
+    pub fn finish(mut self) -> Result<Stats, ExtractError> {
+        self.flush_writer()?;
         let mut stack = vec![PathBuf::new()];
         while let Some(dir) = stack.pop() {
             let rd = fs::read_dir(self.root.join(&dir)).map_err(|e| self.write_err(&dir, e))?;

@@ -1,9 +1,12 @@
 //! Pull: resolve an image (registry with mirrors, or an OCI layout), stream every layer through digest
 //! verification into the safe extractor, and commit the tree atomically.
 //!
-//! The tree is built in a temporary sibling directory and renamed into place at the end (exchanged with an
-//! older tree when one exists), so a crash never leaves a half tree at the target. `.kmm-image.json` in the
-//! tree records what it holds; a second pull of the same digest downloads nothing.
+//! The tree is built in a temporary sibling directory, flushed to disk (`syncfs`) and renamed into place at
+//! the end (exchanged with an older tree when one exists), so a crash never leaves a half tree at the target.
+//! `.kmm-image.json` in the tree records what it holds; a second pull of the same digest downloads nothing.
+//! Pulls into the same target are serialised by an exclusive `flock` on a sibling lock file
+//! (`.<name>.kmm-lock`; in an [`ImageCache`] one per digest): a second process waits, then finds the tree
+//! and reuses it. Temporary trees left by a crashed pull are removed by the next pull holding the lock.
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -116,6 +119,18 @@ pub enum PullError {
     },
     #[error("extraction task failed for {image}")]
     Join { image: String },
+    #[error("failed to lock {path} against concurrent pulls")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to flush the extracted tree {path} to disk")]
+    SyncTree {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl PullError {
@@ -330,21 +345,138 @@ async fn check_config(
     Ok(())
 }
 
-fn temp_dir_for(out: &Path) -> Result<tempfile::TempDir, PullError> {
-    let parent = out
-        .parent()
+fn parent_of(out: &Path) -> &Path {
+    out.parent()
         .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+        .unwrap_or(Path::new("."))
+}
+
+fn name_of(out: &Path) -> String {
+    out.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn temp_prefix(out: &Path) -> String {
+    format!(".{}.kmm-pull-", name_of(out))
+}
+
+/// The lock file serialising pulls into `out`.
+pub fn lock_path(out: &Path) -> PathBuf {
+    parent_of(out).join(format!(".{}.kmm-lock", name_of(out)))
+}
+
+/// An exclusive `flock` on [`lock_path`], held until dropped (the kernel releases it if the process dies).
+/// The holder unlinks the lock file before releasing it, so nothing is left next to the target; a waiter
+/// that then wakes up on the unlinked file sees that the path no longer names its file and tries again.
+struct TargetLock {
+    _file: std::fs::File,
+    path: PathBuf,
+}
+
+impl Drop for TargetLock {
+    fn drop(&mut self) {
+        // Still holding the lock: nobody can be between "locked" and "checked the path" right now.
+        if let Err(error) = std::fs::remove_file(&self.path) {
+            tracing::debug!(lock = %self.path.display(), %error, "failed to remove the lock file");
+        }
+        // Closing the file afterwards releases the lock.
+    }
+}
+
+/// Whether `path` still names the open `file` (same device and inode).
+fn still_named(file: &std::fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Locks `path`, blocking; retries when the file was unlinked by the previous holder meanwhile.
+fn lock_blocking(path: &Path) -> Result<TargetLock, PullError> {
+    use rustix::fs::{FlockOperation, flock};
+    let err = |source: io::Error| PullError::Lock {
+        path: path.to_owned(),
+        source,
+    };
+    let mut wait_logged = false;
+    loop {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(err)?;
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                if !wait_logged {
+                    tracing::info!(lock = %path.display(), "another pull into the same target is running, waiting for it");
+                    wait_logged = true;
+                }
+                flock(&file, FlockOperation::LockExclusive).map_err(|e| err(e.into()))?;
+            }
+            Err(e) => return Err(err(e.into())),
+        }
+        if still_named(&file, path) {
+            return Ok(TargetLock {
+                _file: file,
+                path: path.to_owned(),
+            });
+        }
+    }
+}
+
+async fn lock_target(out: &Path) -> Result<TargetLock, PullError> {
+    let path = lock_path(out);
+    let parent = parent_of(out);
     std::fs::create_dir_all(parent).map_err(|source| PullError::PrepareTarget {
         path: parent.to_owned(),
         source,
     })?;
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    tokio::task::spawn_blocking(move || lock_blocking(&path))
+        .await
+        .map_err(|_| PullError::Join {
+            image: out.display().to_string(),
+        })?
+}
+
+/// Removes temporary trees a crashed pull left next to `out` (only called with the target's lock held).
+fn remove_stale_temps(out: &Path) {
+    let prefix = temp_prefix(out);
+    let Ok(rd) = std::fs::read_dir(parent_of(out)) else {
+        return;
+    };
+    for e in rd.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            tracing::info!(path = %e.path().display(), "removing the temporary tree of an interrupted pull");
+            if let Err(error) = std::fs::remove_dir_all(e.path()) {
+                tracing::warn!(path = %e.path().display(), %error, "failed to remove a stale temporary tree");
+            }
+        }
+    }
+}
+
+/// Flushes the file system holding `dir` (one `syncfs` for the whole tree instead of one `fsync` per file).
+fn sync_tree(dir: &Path) -> Result<(), PullError> {
+    let err = |source: io::Error| PullError::SyncTree {
+        path: dir.to_owned(),
+        source,
+    };
+    let f = std::fs::File::open(dir).map_err(err)?;
+    rustix::fs::syncfs(&f).map_err(|e| err(e.into()))
+}
+
+fn temp_dir_for(out: &Path) -> Result<tempfile::TempDir, PullError> {
+    let parent = parent_of(out);
+    std::fs::create_dir_all(parent).map_err(|source| PullError::PrepareTarget {
+        path: parent.to_owned(),
+        source,
+    })?;
     tempfile::Builder::new()
-        .prefix(&format!(".{name}.kmm-pull-"))
+        .prefix(&temp_prefix(out))
         .tempdir_in(parent)
         .map_err(|source| PullError::PrepareTarget {
             path: parent.to_owned(),
@@ -373,6 +505,9 @@ fn commit(tmp: tempfile::TempDir, out: &Path) -> Result<(), PullError> {
         let path = tmp.keep();
         std::fs::rename(&path, out).map_err(err)?;
     }
+    // Make the rename itself durable.
+    let parent = std::fs::File::open(parent_of(out)).map_err(err)?;
+    rustix::fs::fsync(&parent).map_err(|e| err(e.into()))?;
     Ok(())
 }
 
@@ -440,6 +575,12 @@ async fn pull_once(
             source,
         }
     })?;
+    let t = tmp.path().to_owned();
+    tokio::task::spawn_blocking(move || sync_tree(&t))
+        .await
+        .map_err(|_| PullError::Join {
+            image: image.clone(),
+        })??;
     commit(tmp, out)?;
     tracing::info!(image = %image, digest = %digest, files = stats.files, bytes = stats.bytes, "pulled");
     Ok(Pulled {
@@ -458,17 +599,26 @@ pub async fn pull_tree(
     opts: &RegistryOptions,
     limits: Limits,
 ) -> Result<Pulled, PullError> {
+    let cached = |d: &Digest| Pulled {
+        digest: d.clone(),
+        path: out.to_owned(),
+        cached: true,
+        stats: None,
+        source: spec.image.to_string(),
+    };
     if let Some(d) = pinned_digest(&spec.image)
         && meta_matches(out, d, spec)
     {
-        return Ok(Pulled {
-            digest: d.clone(),
-            path: out.to_owned(),
-            cached: true,
-            stats: None,
-            source: spec.image.to_string(),
-        });
+        return Ok(cached(d));
     }
+    let _lock = lock_target(out).await?;
+    // Another process may have finished the same pull while this one waited.
+    if let Some(d) = pinned_digest(&spec.image)
+        && meta_matches(out, d, spec)
+    {
+        return Ok(cached(d));
+    }
+    remove_stale_temps(out);
     let image = spec.image.to_string();
     let job = Job {
         spec,

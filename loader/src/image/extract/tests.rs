@@ -1,5 +1,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 use super::*;
+use std::io::Write;
 
 /// Builds a tar with raw (unchecked) names, so hostile entries can be expressed.
 pub(crate) struct RawTar(tar::Builder<Vec<u8>>);
