@@ -12,9 +12,12 @@
 //! After the last layer [`Extractor::finish`] resolves every symlink physically and refuses any that
 //! escapes through a chain of links.
 //!
-//! File contents are written by a background thread ([`writer`]) while this one decompresses and parses the
-//! next entries; directories already checked or created in this extraction are remembered, so the parents of
-//! a file are not re-examined for every file (the memory is dropped whenever a directory is removed).
+//! Regular files are created and written by a background thread ([`writer`]) while this one decompresses and
+//! parses the next entries: where nothing can exist yet (a new name in a directory this extraction created)
+//! the writer creates the file itself, anywhere else this thread first waits for the writer to catch up and
+//! then checks and opens the file as before. Directories already checked or created here are remembered, so
+//! the parents of a file are not re-examined for every file (the memory is dropped whenever a directory is
+//! removed).
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -24,10 +27,9 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
 
 mod writer;
-use writer::{CHUNK, Piece, Writer};
+use writer::{CHUNK, Op, Writer};
 
 /// Limits against decompression bombs and oversized content.
 #[derive(Clone, Copy, Debug)]
@@ -167,8 +169,14 @@ pub struct Extractor {
     layer: String,
     /// Paths (relative) known to be real directories: created or checked here, none removed since.
     dirs: HashSet<PathBuf>,
+    /// Directories this extraction created (so they hold only `names`), none removed since.
+    fresh: HashSet<PathBuf>,
+    /// Every path this extraction created (some may be gone since; then they are only checked again).
+    names: HashSet<PathBuf>,
     /// Started at the first regular file.
     writer: Option<Writer>,
+    /// Files the writer creates itself are queued: wait for it before looking at the disk.
+    pending: bool,
 }
 
 const WH_PREFIX: &[u8] = b".wh.";
@@ -281,7 +289,10 @@ impl Extractor {
             layer_written: HashSet::new(),
             layer: String::new(),
             dirs: HashSet::new(),
+            fresh: HashSet::new(),
+            names: HashSet::new(),
             writer: None,
+            pending: false,
         }
     }
 
@@ -347,6 +358,7 @@ impl Extractor {
         {
             return Ok(());
         }
+        self.settle()?;
         let mut p = self.root.clone();
         let mut r = PathBuf::new();
         let comps: Vec<_> = rel.components().collect();
@@ -386,6 +398,9 @@ impl Extractor {
             .create(self.root.join(rel))
             .map_err(|e| self.write_err(rel, e))?;
         self.stats.dirs += 1;
+        self.fresh.insert(rel.to_owned());
+        self.names.insert(rel.to_owned());
+        self.dirs.insert(rel.to_owned());
         Ok(())
     }
 
@@ -409,21 +424,42 @@ impl Extractor {
         }
     }
 
-    /// Queues a piece of file content for the writer thread (started on first use).
-    fn write_piece(&mut self, piece: Piece) -> Result<(), ExtractError> {
+    /// Queues a file operation for the writer thread (started on first use).
+    fn send(&mut self, op: Op) -> Result<(), ExtractError> {
         let writer = match &mut self.writer {
             Some(w) => w,
             None => {
                 let w = Writer::start().map_err(|source| ExtractError::WriteEntry {
-                    path: piece.path.clone(),
+                    path: self.root.clone(),
                     source,
                 })?;
                 self.writer.insert(w)
             }
         };
         writer
-            .send(piece)
+            .send(op)
             .map_err(|(path, source)| ExtractError::WriteEntry { path, source })
+    }
+
+    /// Waits until the files the writer creates itself exist, before this thread looks at the disk.
+    fn settle(&mut self) -> Result<(), ExtractError> {
+        if !self.pending {
+            return Ok(());
+        }
+        self.pending = false;
+        match &self.writer {
+            Some(w) => w
+                .barrier()
+                .map_err(|(path, source)| ExtractError::WriteEntry { path, source }),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether nothing can exist at `rel` yet: a new name in a directory this extraction created.
+    fn surely_new(&self, rel: &Path) -> bool {
+        rel.parent()
+            .is_some_and(|p| !p.as_os_str().is_empty() && self.fresh.contains(p))
+            && !self.names.contains(rel)
     }
 
     /// Reports the writer thread's first failure, if any.
@@ -452,6 +488,7 @@ impl Extractor {
         match fs::symlink_metadata(&p) {
             Ok(m) if m.file_type().is_dir() => {
                 self.dirs.clear();
+                self.fresh.clear();
                 fs::remove_dir_all(&p).map_err(|e| self.write_err(rel, e))
             }
             Ok(_) => fs::remove_file(&p).map_err(|e| self.write_err(rel, e)),
@@ -492,6 +529,7 @@ impl Extractor {
             return Ok(false);
         };
         if name.as_slice() == WH_OPAQUE {
+            self.settle()?;
             self.stats.whiteouts += 1;
             let mut targets: Vec<PathBuf> = self.map(dir).into_iter().collect();
             targets.extend(self.covered(dir));
@@ -508,6 +546,7 @@ impl Extractor {
         let Some(hidden) = name.strip_prefix(WH_PREFIX) else {
             return Ok(false);
         };
+        self.settle()?;
         self.stats.whiteouts += 1;
         if hidden.is_empty() || hidden == b"." || hidden == b".." {
             return Err(self.refuse(raw, Refusal::PathTraversal));
@@ -659,24 +698,57 @@ impl Extractor {
             }
             self.make_parents(&raw, &out)?;
             match kind {
-                tar::EntryType::Directory => match fs::symlink_metadata(self.root.join(&out)) {
-                    Ok(m) if m.file_type().is_dir() => {
-                        let p = self.root.join(&out);
-                        fs::set_permissions(&p, fs::Permissions::from_mode((mode & 0o755) | 0o700))
+                tar::EntryType::Directory if self.surely_new(&out) => {
+                    self.mkdir(&raw, &out, mode)?;
+                }
+                tar::EntryType::Directory if self.dirs.contains(&out) => {
+                    let p = self.root.join(&out);
+                    fs::set_permissions(&p, fs::Permissions::from_mode((mode & 0o755) | 0o700))
+                        .map_err(|e| self.write_err(&out, e))?;
+                }
+                tar::EntryType::Directory => {
+                    self.settle()?;
+                    match fs::symlink_metadata(self.root.join(&out)) {
+                        Ok(m) if m.file_type().is_dir() => {
+                            let p = self.root.join(&out);
+                            fs::set_permissions(
+                                &p,
+                                fs::Permissions::from_mode((mode & 0o755) | 0o700),
+                            )
                             .map_err(|e| self.write_err(&out, e))?;
+                            self.dirs.insert(out.clone());
+                        }
+                        Ok(_) => {
+                            self.remove(&out)?;
+                            self.mkdir(&raw, &out, mode)?;
+                        }
+                        Err(_) => self.mkdir(&raw, &out, mode)?,
                     }
-                    Ok(_) => {
-                        self.remove(&out)?;
-                        self.mkdir(&raw, &out, mode)?;
-                    }
-                    Err(_) => self.mkdir(&raw, &out, mode)?,
-                },
+                }
                 tar::EntryType::Regular
                 | tar::EntryType::Continuous
                 | tar::EntryType::GNUSparse => {
                     self.count(&raw)?;
                     self.check_writer()?;
-                    let file = Arc::new(self.create_file(&out, mode & 0o755)?);
+                    let path = self.root.join(&out);
+                    let start = if self.surely_new(&out) {
+                        self.pending = true;
+                        Op::Start {
+                            path,
+                            file: None,
+                            mode: mode & 0o755,
+                        }
+                    } else {
+                        self.settle()?;
+                        let file = self.create_file(&out, mode & 0o755)?;
+                        Op::Start {
+                            path,
+                            file: Some(file),
+                            mode: mode & 0o755,
+                        }
+                    };
+                    self.names.insert(out.clone());
+                    self.send(start)?;
                     let mut n: u64 = 0;
                     loop {
                         let left = entry.size().saturating_sub(n);
@@ -688,7 +760,6 @@ impl Extractor {
                                 return Err(read_err(name, e).unwrap_or_else(|| limit_err(self)));
                             }
                         };
-                        let offset = n;
                         n += k as u64;
                         if n > self.limits.max_file_size {
                             return Err(
@@ -701,24 +772,21 @@ impl Extractor {
                                 Refusal::TotalSizeExceeded(self.limits.max_total_size),
                             ));
                         }
-                        // A short piece is the last one; the mode goes with it (set exactly, as the mode
-                        // given at open is filtered by the umask).
-                        let last = k < CHUNK;
-                        self.write_piece(Piece {
-                            file: file.clone(),
-                            offset,
-                            data,
-                            mode: last.then_some(mode & 0o755),
-                            path: self.root.join(&out),
-                        })?;
-                        if last {
+                        if k > 0 {
+                            self.send(Op::Data(data))?;
+                        }
+                        // A short piece is the last one.
+                        if k < CHUNK {
                             break;
                         }
                     }
+                    self.send(Op::End { mode: mode & 0o755 })?;
                     self.stats.bytes += n;
                     self.stats.files += 1;
                 }
                 tar::EntryType::Symlink => {
+                    self.settle()?;
+                    self.names.insert(out.clone());
                     let target = link_raw.unwrap_or_default();
                     let Some(rel_target) = self.link_target(&raw, &comps, &out, &target)? else {
                         continue;
@@ -730,6 +798,8 @@ impl Extractor {
                     self.stats.links += 1;
                 }
                 tar::EntryType::Link => {
+                    self.settle()?;
+                    self.names.insert(out.clone());
                     let target = link_raw.unwrap_or_default();
                     let target_str = String::from_utf8_lossy(&target).into_owned();
                     let tcomps = components(&target).map_err(|r| self.refuse(&raw, r))?;

@@ -425,3 +425,50 @@ fn zstd_layers() {
         b"zz"
     );
 }
+
+/// Within one layer, later entries replace earlier ones at the same path in entry order, even while the
+/// writer thread is still creating the earlier files (file then dir, file then symlink, file then file,
+/// a hardlink to a file just queued, a file turned into a parent directory), and large files arrive whole.
+#[test]
+fn same_layer_replacements_keep_entry_order() {
+    let m = "opt/lib/modules/6.1";
+    let big: Vec<u8> = (0..(3 * CHUNK + 123)).map(|i| (i % 251) as u8).collect();
+    let layer = RawTar::new()
+        .dir(&format!("{m}/"))
+        .dir(&format!("{m}/d/"))
+        .file(&format!("{m}/d/x"), b"file x")
+        .dir(&format!("{m}/d/x/"))
+        .file(&format!("{m}/d/x/inner.ko"), b"inner")
+        .file(&format!("{m}/d/y"), b"file y")
+        .symlink(&format!("{m}/d/y"), "x/inner.ko")
+        .file(&format!("{m}/d/z"), b"first z")
+        .file(&format!("{m}/d/z"), b"second z")
+        .file(&format!("{m}/d/big.ko"), &big)
+        .hardlink(&format!("{m}/d/big-link.ko"), &format!("{m}/d/big.ko"))
+        .file(&format!("{m}/e"), b"e as a file")
+        .file(&format!("{m}/e/f.ko"), b"e became a directory")
+        .finish();
+    for l in [layer.clone(), gzip(&layer)] {
+        let (sb, res) = run(&[l], Limits::default());
+        res.unwrap();
+        let root = sb.path().join("target/lib/modules/6.1");
+        assert!(root.join("d/x").is_dir());
+        assert_eq!(fs::read(root.join("d/x/inner.ko")).unwrap(), b"inner");
+        assert_eq!(
+            fs::read_link(root.join("d/y")).unwrap(),
+            Path::new("x/inner.ko")
+        );
+        assert_eq!(fs::read(root.join("d/z")).unwrap(), b"second z");
+        assert_eq!(fs::read(root.join("d/big.ko")).unwrap(), big);
+        assert_eq!(fs::read(root.join("d/big-link.ko")).unwrap(), big);
+        assert_eq!(
+            fs::read(root.join("e/f.ko")).unwrap(),
+            b"e became a directory"
+        );
+        let mode = fs::metadata(root.join("d/big.ko"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644);
+    }
+}

@@ -1,15 +1,18 @@
-//! A background writer for file contents, so decompression and tar parsing (one thread) overlap with the
-//! `write` system calls that copy the data into the page cache (this thread).
+//! A background writer for regular files, so decompression and tar parsing (the extractor's thread) overlap
+//! with the system calls that create files and copy their data into the page cache (this thread).
 //!
-//! The extractor creates every file itself (checks, `O_CREAT|O_EXCL`, no symlink followed) and hands the open
-//! file plus its content, in pieces of at most [`CHUNK`] bytes, to this thread, which writes them with
-//! `pwrite` at their offsets and then sets the exact mode. The queue holds at most [`QUEUE`] pieces, which
-//! bounds the memory in flight. The first write error stops the writing (later pieces are dropped) and is
-//! reported by [`Writer::check`] or [`Writer::finish`].
+//! The extractor sends, in order, for each file: [`Op::Start`] (with the file it opened itself, or a path this
+//! thread creates with `O_CREAT|O_EXCL`, which never follows a symlink), [`Op::Data`] pieces of at most
+//! [`CHUNK`] bytes, and [`Op::End`] with the exact mode. The extractor only lets this thread create a file
+//! where nothing can exist yet (in a directory the extractor created, under a name it has not used), and
+//! waits for the queue to drain ([`Writer::barrier`]) before it looks at or changes anything else on disk, so
+//! the order of the layer's entries is kept. The queue holds at most [`QUEUE`] operations, which bounds the
+//! memory in flight. The first error stops the writing and is reported by [`Writer::check`],
+//! [`Writer::barrier`] or [`Writer::finish`].
 
-use std::fs::{File, Permissions};
-use std::io;
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::fs::{File, OpenOptions, Permissions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -18,18 +21,24 @@ use std::thread::JoinHandle;
 
 /// Largest piece of content sent in one message.
 pub(super) const CHUNK: usize = 512 << 10;
-/// Pieces queued at most (so at most `QUEUE * CHUNK` bytes wait in memory).
+/// Operations queued at most (so at most `QUEUE * CHUNK` bytes wait in memory).
 const QUEUE: usize = 32;
 
-/// One piece of a file's content.
-pub(super) struct Piece {
-    pub file: Arc<File>,
-    pub offset: u64,
-    pub data: Vec<u8>,
-    /// Set on the last piece of the file: the mode to set once the content is written.
-    pub mode: Option<u32>,
-    /// The file's path, for the error.
-    pub path: PathBuf,
+/// One step of writing the files.
+pub(super) enum Op {
+    /// Starts a file: `file` when the extractor opened it, else created here at `path` with `mode`.
+    Start {
+        path: PathBuf,
+        file: Option<File>,
+        mode: u32,
+    },
+    /// The next bytes of the current file.
+    Data(Vec<u8>),
+    /// The current file is complete: set its exact mode (the mode given at creation is filtered by the
+    /// umask) and close it.
+    End { mode: u32 },
+    /// Acknowledged once everything before it is done.
+    Barrier(SyncSender<()>),
 }
 
 #[derive(Default)]
@@ -38,29 +47,65 @@ struct Failure {
     first: Mutex<Option<(PathBuf, io::Error)>>,
 }
 
+impl Failure {
+    fn record(&self, path: PathBuf, e: io::Error) {
+        self.failed.store(true, Ordering::Relaxed);
+        if let Ok(mut f) = self.first.lock() {
+            f.get_or_insert((path, e));
+        }
+    }
+}
+
 /// The writer thread and its queue.
 pub(super) struct Writer {
-    tx: Option<SyncSender<Piece>>,
+    tx: Option<SyncSender<Op>>,
     thread: Option<JoinHandle<()>>,
     failure: Arc<Failure>,
 }
 
-fn write_all(rx: &Receiver<Piece>, failure: &Failure) {
-    for p in rx {
+fn run(rx: &Receiver<Op>, failure: &Failure) {
+    let mut current: Option<(File, PathBuf)> = None;
+    for op in rx {
+        if let Op::Barrier(ack) = op {
+            let _ = ack.send(());
+            continue;
+        }
         if failure.failed.load(Ordering::Relaxed) {
             continue;
         }
-        let mut res = p.file.write_all_at(&p.data, p.offset);
-        if res.is_ok()
-            && let Some(mode) = p.mode
-        {
-            res = p.file.set_permissions(Permissions::from_mode(mode));
-        }
-        if let Err(e) = res {
-            failure.failed.store(true, Ordering::Relaxed);
-            if let Ok(mut f) = failure.first.lock() {
-                f.get_or_insert((p.path, e));
+        let res = match op {
+            Op::Start { path, file, mode } => {
+                let opened = match file {
+                    Some(f) => Ok(f),
+                    None => OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(mode)
+                        .open(&path),
+                };
+                match opened {
+                    Ok(f) => {
+                        current = Some((f, path));
+                        Ok(())
+                    }
+                    Err(e) => Err((path, e)),
+                }
             }
+            Op::Data(data) => match current.as_mut() {
+                Some((f, path)) => f.write_all(&data).map_err(|e| (path.clone(), e)),
+                None => Ok(()),
+            },
+            Op::End { mode } => match current.take() {
+                Some((f, path)) => f
+                    .set_permissions(Permissions::from_mode(mode))
+                    .map_err(|e| (path, e)),
+                None => Ok(()),
+            },
+            Op::Barrier(_) => Ok(()),
+        };
+        if let Err((path, e)) = res {
+            current = None;
+            failure.record(path, e);
         }
     }
 }
@@ -68,12 +113,12 @@ fn write_all(rx: &Receiver<Piece>, failure: &Failure) {
 impl Writer {
     /// Starts the thread.
     pub(super) fn start() -> io::Result<Self> {
-        let (tx, rx) = sync_channel::<Piece>(QUEUE);
+        let (tx, rx) = sync_channel::<Op>(QUEUE);
         let failure = Arc::new(Failure::default());
         let f = failure.clone();
         let thread = std::thread::Builder::new()
             .name("kmm-extract-write".into())
-            .spawn(move || write_all(&rx, &f))?;
+            .spawn(move || run(&rx, &f))?;
         Ok(Self {
             tx: Some(tx),
             thread: Some(thread),
@@ -81,36 +126,41 @@ impl Writer {
         })
     }
 
-    /// Queues a piece (blocks while the queue is full).
-    pub(super) fn send(&self, piece: Piece) -> Result<(), (PathBuf, io::Error)> {
-        let gone = |path: PathBuf| {
-            (
-                path,
-                io::Error::new(io::ErrorKind::BrokenPipe, "the writer thread stopped"),
-            )
-        };
+    fn gone() -> (PathBuf, io::Error) {
+        (
+            PathBuf::new(),
+            io::Error::new(io::ErrorKind::BrokenPipe, "the writer thread stopped"),
+        )
+    }
+
+    /// Queues an operation (blocks while the queue is full).
+    pub(super) fn send(&self, op: Op) -> Result<(), (PathBuf, io::Error)> {
         match &self.tx {
-            Some(tx) => tx.send(piece).map_err(|e| gone(e.0.path)),
-            None => Err(gone(piece.path)),
+            Some(tx) => tx.send(op).map_err(|_| Self::gone()),
+            None => Err(Self::gone()),
         }
     }
 
-    fn take_failure(&self) -> Option<(PathBuf, io::Error)> {
-        if !self.failure.failed.load(Ordering::Relaxed) {
-            return None;
-        }
-        self.failure.first.lock().ok().and_then(|mut f| f.take())
+    /// Waits until everything queued so far is done; the first error, if any.
+    pub(super) fn barrier(&self) -> Result<(), (PathBuf, io::Error)> {
+        let (ack_tx, ack_rx) = sync_channel(1);
+        self.send(Op::Barrier(ack_tx))?;
+        ack_rx.recv().map_err(|_| Self::gone())?;
+        self.check()
     }
 
-    /// The first write error so far, if any (cheap; called between entries).
+    /// The first error so far, if any (cheap; called between entries).
     pub(super) fn check(&self) -> Result<(), (PathBuf, io::Error)> {
-        match self.take_failure() {
+        if !self.failure.failed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        match self.failure.first.lock().ok().and_then(|mut f| f.take()) {
             Some(e) => Err(e),
-            None => Ok(()),
+            None => Err((PathBuf::new(), io::Error::other("an earlier write failed"))),
         }
     }
 
-    /// Waits until everything queued is written; the first write error, if any.
+    /// Waits until everything queued is written and stops the thread; the first error, if any.
     pub(super) fn finish(mut self) -> Result<(), (PathBuf, io::Error)> {
         if !self.stop() {
             return Err((
