@@ -8,8 +8,11 @@ use kmm_device_plugin::cli::Cli;
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     kmm_device_plugin::telemetry::init(cli.logging.log_format);
-    // kube uses rustls with ring; install it explicitly in case another provider is linked too.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    // kube uses rustls with ring; install it explicitly in case another provider is linked too. Standalone mode
+    // talks TLS to nobody, so it leaves the TLS stack untouched (its code would only add to the resident set).
+    if cli.modules_from.is_none() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
     kmm_device_plugin::run(cli).await?;
     Ok(())
 }

@@ -36,7 +36,12 @@ fn release_plugin() -> Result<PathBuf> {
 /// Builds the release binary, runs the benchmark and prints the figures.
 pub fn run() -> Result<()> {
     let bin = release_plugin()?;
-    let rt = tokio::runtime::Runtime::new().context("failed to start the tokio runtime")?;
+    // One thread, like the plugin: on a loaded 2-core machine a multi-thread runtime adds a cross-thread wake-up
+    // (and a scheduling delay) to every round trip the simulator makes.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the tokio runtime")?;
     let report = rt
         .block_on(kmm_e2e::device_plugin_bench::run(&bin))
         .context("device plugin benchmark failed")?;
