@@ -70,6 +70,8 @@ impl fmt::Display for Percentiles {
 pub struct BenchReport {
     /// Resident set size after 2 s idle with 10 Modules, KiB.
     pub idle_rss_kib: u64,
+    /// Peak resident set size over the whole run (VmHWM), KiB.
+    pub peak_rss_kib: u64,
     /// CPU used over 5 s idle, percent of one core.
     pub idle_cpu_percent: f64,
     /// kmod appears -> devices allocatable.
@@ -86,6 +88,11 @@ impl fmt::Display for BenchReport {
             f,
             "idle RSS, 10 Modules:              {:.1} MiB (target <= 10 MiB)",
             self.idle_rss_kib as f64 / 1024.0
+        )?;
+        writeln!(
+            f,
+            "peak RSS over the run:             {:.1} MiB",
+            self.peak_rss_kib as f64 / 1024.0
         )?;
         writeln!(
             f,
@@ -116,9 +123,13 @@ fn proc_field(pid: u32, file: &'static str) -> Result<String, BenchError> {
 }
 
 fn rss_kib(pid: u32) -> Result<u64, BenchError> {
+    status_kib(pid, "VmRSS:")
+}
+
+fn status_kib(pid: u32, field: &str) -> Result<u64, BenchError> {
     proc_field(pid, "status")?
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .ok_or(BenchError::Proc {
             pid,
@@ -245,10 +256,12 @@ pub async fn run(bin: &Path) -> Result<BenchReport, BenchError> {
         sim.allocate_ids("example.com/paths0", &ids).await?;
         alloc.push(t.elapsed());
     }
+    let peak_rss_kib = status_kib(pid, "VmHWM:")?;
     sim.stop().await;
     drop(plugin);
     Ok(BenchReport {
         idle_rss_kib,
+        peak_rss_kib,
         idle_cpu_percent,
         appear_to_allocatable: Percentiles::of(appear),
         reregistration: Percentiles::of(rereg),
