@@ -7,7 +7,7 @@
 # Kernel packages are NOT installed here: the tests fetch them with `apt-get download` into a cache.
 set -eu
 
-PACKAGES="qemu-system-x86 busybox-static kmod cpio xz-utils zstd gzip openssl gcc make libc6-dev docker-registry skopeo apache2-utils"
+PACKAGES="qemu-system-x86 busybox-static kmod cpio xz-utils zstd gzip openssl gcc make libc6-dev docker-registry skopeo apache2-utils time"
 
 missing=""
 for p in $PACKAGES; do

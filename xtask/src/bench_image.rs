@@ -3,10 +3,11 @@
 //! The image is a realistic kmod image: about 100 MiB of Debian's signed `.ko` files (the first modules of the
 //! cached `linux-image` package's tree, in path order) under `/opt/lib/modules/<kernel>/`, one gzip layer at
 //! the default level (as docker and buildah write them), pushed with skopeo to Debian's `docker-registry` on
-//! 127.0.0.1 (kmm-e2e's registry helper). Each round pulls into a fresh directory, kmm-loader and skopeo
-//! alternating which goes first; both run as processes under `/usr/bin/time` for their peak RSS. skopeo only
-//! stores the compressed blob; kmm-loader also verifies, decompresses and writes the tree. The release
-//! kmm-loader is built first; the figures are printed, nothing is asserted beyond both pulls succeeding.
+//! 127.0.0.1 (kmm-e2e's registry helper). Each round pulls into a fresh directory with every contender, the
+//! order rotating; all run as processes under `/usr/bin/time` (wall, CPU, peak RSS). skopeo only stores (and
+//! fdatasyncs) the compressed blob; kmm-loader also verifies, inflates, writes and syncs the tree.
+//! `--compare-loader OLD` times a second kmm-loader build in the same rounds (before/after figures). The release
+//! kmm-loader is built first; the figures are printed, nothing is asserted beyond every pull succeeding.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -29,6 +30,12 @@ pub struct BenchImageArgs {
     /// A kmm-loader binary to use instead of building one in release mode.
     #[arg(long, env = "KMM_BENCH_LOADER")]
     pub loader: Option<PathBuf>,
+    /// A second kmm-loader binary (e.g. an older build) timed in the same rounds, for before/after figures.
+    #[arg(long, env = "KMM_BENCH_COMPARE_LOADER")]
+    pub compare_loader: Option<PathBuf>,
+    /// Where the pulled trees go (default: the system's temporary directory); its file system is measured.
+    #[arg(long, env = "KMM_BENCH_WORK_DIR")]
+    pub work_dir: Option<PathBuf>,
 }
 
 fn release_loader() -> Result<PathBuf> {
@@ -246,9 +253,12 @@ pub fn run(args: &BenchImageArgs) -> Result<()> {
     };
     let time = kmm_e2e::cmd::require("time")?;
     let skopeo = kmm_e2e::cmd::require("skopeo")?;
-    let tmp = tempfile::Builder::new()
-        .prefix("kmm-bench-image-")
-        .tempdir()?;
+    let mut tmp = tempfile::Builder::new();
+    tmp.prefix("kmm-bench-image-");
+    let tmp = match &args.work_dir {
+        Some(d) => tmp.tempdir_in(d)?,
+        None => tmp.tempdir()?,
+    };
 
     let (layout, fx) = cached_layout(&kernel.modules_dir(), &release, args.mib)?;
     let server = RegistryServer::start_plain()?;
@@ -260,10 +270,11 @@ pub fn run(args: &BenchImageArgs) -> Result<()> {
         fx.bytes as f64 / 1048576.0,
         fx.layer_bytes as f64 / 1048576.0
     );
+    println!("pulls into {}", tmp.path().display());
 
-    let ours = |out: &Path| -> Vec<String> {
+    let pull = |bin: &Path, out: &Path| -> Vec<String> {
         vec![
-            loader.display().to_string(),
+            bin.display().to_string(),
             "--log".into(),
             "warn".into(),
             "image".into(),
@@ -276,7 +287,7 @@ pub fn run(args: &BenchImageArgs) -> Result<()> {
             "--insecure".into(),
         ]
     };
-    let theirs = |out: &Path| -> Vec<String> {
+    let copy = |out: &Path| -> Vec<String> {
         vec![
             skopeo.display().to_string(),
             "copy".into(),
@@ -286,43 +297,62 @@ pub fn run(args: &BenchImageArgs) -> Result<()> {
             format!("oci:{}:bench", out.display()),
         ]
     };
+    // (name, argv for an output directory, checked as a kmm-loader tree)
+    type Argv<'a> = Box<dyn Fn(&Path) -> Vec<String> + 'a>;
+    let mut contenders: Vec<(String, Argv, bool)> = vec![(
+        "kmm-loader image pull".into(),
+        Box::new(|out: &Path| pull(&loader, out)),
+        true,
+    )];
+    if let Some(old) = &args.compare_loader {
+        contenders.push((
+            "compare-loader image pull".into(),
+            Box::new(move |out: &Path| pull(old, out)),
+            true,
+        ));
+    }
+    contenders.push(("skopeo copy to oci:".into(), Box::new(copy), false));
+
     let rss_file = tmp.path().join("rss");
-    let (mut ours_runs, mut theirs_runs) = (Vec::new(), Vec::new());
-    // Round 0 warms the registry, the page cache and both binaries; it is checked but not counted.
+    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); contenders.len()];
+    // Round 0 warms the registry, the page cache and the binaries; it is checked but not counted. The order
+    // rotates every round, so no contender always runs first.
     for round in 0..=args.rounds {
-        let (a, b) = (
-            tmp.path().join(format!("ours-{round}")),
-            tmp.path().join(format!("skopeo-{round}")),
-        );
-        let (o, s) = if round % 2 == 0 {
-            let o = timed_run(&time, &ours(&a), &rss_file)?;
-            (o, timed_run(&time, &theirs(&b), &rss_file)?)
-        } else {
-            let s = timed_run(&time, &theirs(&b), &rss_file)?;
-            (timed_run(&time, &ours(&a), &rss_file)?, s)
-        };
-        if round == 0 {
-            let n = count_files(&a.join("lib/modules").join(&release));
-            ensure!(
-                n == fx.files,
-                "kmm-loader wrote {n} modules, the image holds {}",
-                fx.files
-            );
-        } else {
-            ours_runs.push(o);
-            theirs_runs.push(s);
+        for k in 0..contenders.len() {
+            let c = (round + k) % contenders.len();
+            let (_, argv, is_tree) = &contenders[c];
+            let out = tmp.path().join(format!("{c}-{round}"));
+            let r = timed_run(&time, &argv(&out), &rss_file)?;
+            if round == 0 && *is_tree {
+                let n = count_files(&out.join("lib/modules").join(&release));
+                ensure!(
+                    n == fx.files,
+                    "{} wrote {n} modules, the image holds {}",
+                    contenders[c].0,
+                    fx.files
+                );
+            }
+            if round > 0 {
+                runs[c].push(r);
+            }
         }
     }
-    // Trees are removed only now: ext4 skips inodes freed in the last minute when it allocates new ones, so
-    // deleting a tree between rounds would slow down the next round's file creation (seen: 3x).
+    // Trees are removed only now: on ext4 without a journal, inode allocation skips inodes freed in the last
+    // minutes, so deleting trees between rounds slows down the next rounds' file creation (seen: 3x). The
+    // same holds for a benchmark started right after another one (or after a big `rm -rf`).
     for round in 0..=args.rounds {
-        std::fs::remove_dir_all(tmp.path().join(format!("ours-{round}")))?;
-        std::fs::remove_dir_all(tmp.path().join(format!("skopeo-{round}")))?;
+        for c in 0..contenders.len() {
+            std::fs::remove_dir_all(tmp.path().join(format!("{c}-{round}")))?;
+        }
     }
 
-    println!("{} rounds, alternating:", args.rounds);
+    println!(
+        "{} rounds, order rotating (wall time per pull, s):",
+        args.rounds
+    );
     let layer_mib = fx.layer_bytes as f64 / 1048576.0;
-    let line = |name: &str, runs: &[Run]| -> Duration {
+    let mut medians = Vec::new();
+    for ((name, _, _), runs) in contenders.iter().zip(&runs) {
         let wall = median(&runs.iter().map(|r| r.wall).collect::<Vec<_>>());
         let cpu = median(
             &runs
@@ -338,20 +368,24 @@ pub fn run(args: &BenchImageArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(" ");
         println!(
-            "  {name:<24} median {:.3} s wall ({:6.1} MiB/s of layer), {:.3} s CPU, peak RSS {:.1} MiB (max {:.1})   [{all}]",
+            "  {name:<26} median {:.3} s wall ({:6.1} MiB/s of layer), {:.3} s CPU, peak RSS {:.1} MiB (max {:.1})   [{all}]",
             wall.as_secs_f64(),
             layer_mib / wall.as_secs_f64().max(1e-9),
             cpu as f64 / 1000.0,
             rss as f64 / 1024.0,
             max_rss as f64 / 1024.0,
         );
-        wall
-    };
-    let mo = line("kmm-loader image pull", &ours_runs);
-    let ms = line("skopeo copy to oci:", &theirs_runs);
+        medians.push(wall.as_secs_f64().max(1e-9));
+    }
+    let skopeo_median = medians.last().copied().unwrap_or(1.0);
     println!(
-        "  kmm-loader speed = {:.2}x skopeo's (target >= 1.0x); skopeo stores the {layer_mib:.1} MiB blob, kmm-loader also inflates and writes {:.1} MiB in {} files",
-        ms.as_secs_f64() / mo.as_secs_f64().max(1e-9),
+        "  kmm-loader speed = {:.2}x skopeo's (target >= 1.0x){}; skopeo stores the {layer_mib:.1} MiB blob, kmm-loader also inflates, writes and syncs {:.1} MiB in {} files",
+        skopeo_median / medians[0],
+        if args.compare_loader.is_some() {
+            format!(", {:.2}x the compare-loader's", medians[1] / medians[0])
+        } else {
+            String::new()
+        },
         fx.bytes as f64 / 1048576.0,
         fx.files
     );
