@@ -26,11 +26,11 @@ use crate::unix;
 /// Prefix of the socket files this plugin owns in the device plugin directory.
 pub const SOCKET_PREFIX: &str = "kmm-";
 
-/// Timing of an endpoint.
+/// Timing of an endpoint. Its socket and kubelet.sock are checked on every directory event and poll tick of the
+/// [`kubelet::KubeletWatch`] (one timer for all endpoints: separate timers would wake the runtime thread once per
+/// endpoint and tick, and any Allocate arriving meanwhile would wait).
 #[derive(Clone, Debug)]
 pub struct EndpointTiming {
-    /// How often the own socket is checked (directory events also wake the check).
-    pub poll: Duration,
     /// Deadline of one Register call.
     pub register_timeout: Duration,
     /// First retry delay of a failed registration.
@@ -42,7 +42,6 @@ pub struct EndpointTiming {
 impl Default for EndpointTiming {
     fn default() -> Self {
         Self {
-            poll: Duration::from_millis(200),
             register_timeout: Duration::from_secs(5),
             backoff_start: Duration::from_millis(100),
             backoff_cap: Duration::from_secs(5),
@@ -289,8 +288,10 @@ async fn register_until_done(
                 }
                 changed = ctx.dir_events.changed() => {
                     if changed.is_err() { return Registration::Stop; }
-                    // Retry early only when the kubelet was unreachable and its socket is there now.
-                    if unreachable && kubelet_socket_identity(&ctx.dir).is_some() { break; }
+                    // Retry early only when the kubelet was unreachable and a new kubelet.sock is there now (the
+                    // poll ticks also land here: an unchanged stale socket waits for the backoff).
+                    let now = kubelet_socket_identity(&ctx.dir);
+                    if unreachable && now.is_some() && now != before { break; }
                     continue;
                 }
                 _ = stop.wait_for(|s| *s) => return Registration::Stop,
@@ -305,7 +306,7 @@ async fn register_until_done(
 }
 
 /// Waits until the kubelet restarted (kubelet.sock now differs from the one we registered on) or our socket was
-/// removed or replaced. Wakes on generation changes and directory events, and polls as a fallback.
+/// removed or replaced. Wakes on generation changes, directory events and the kubelet watch's poll ticks.
 async fn wait_for_restart(
     socket: &Path,
     ours: Option<(u64, u64)>,
@@ -313,13 +314,10 @@ async fn wait_for_restart(
     stop: &mut watch::Receiver<bool>,
     ctx: &mut KubeletContext,
 ) -> Next {
-    let mut tick = tokio::time::interval(ctx.timing.poll);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             changed = ctx.generation.changed() => if changed.is_err() { return Next::Stop },
             changed = ctx.dir_events.changed() => if changed.is_err() { return Next::Stop },
-            _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return Next::Stop,
         }
         let now = kubelet_socket_identity(&ctx.dir);

@@ -87,7 +87,8 @@ pub fn kubelet_socket_identity(dir: &Path) -> Option<(u64, u64, i128)> {
 pub struct KubeletWatch {
     /// The generation; endpoints re-register when it changes.
     pub generation: watch::Receiver<u64>,
-    /// Wakes whenever something happened in the directory (used to notice our own sockets vanishing).
+    /// Changes whenever something happened in the directory, and on every poll tick: the endpoints check their
+    /// sockets on it (noticing them vanish where inotify is unavailable) instead of running a timer each.
     pub dir_events: watch::Receiver<u64>,
 }
 
@@ -113,7 +114,9 @@ impl KubeletWatch {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => {}
+                    _ = tick.tick() => {
+                        ev_tx.send_modify(|n| *n += 1);
+                    }
                     Ok(()) = events.changed() => {
                         ev_tx.send_modify(|n| *n += 1);
                     }

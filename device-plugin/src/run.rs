@@ -81,7 +81,6 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         unhealthy_grace: cli.unhealthy_grace,
         poll: cli.poll_interval,
         timing: EndpointTiming {
-            poll: cli.poll_interval,
             backoff_cap: cli.register_backoff_max,
             ..EndpointTiming::default()
         },
