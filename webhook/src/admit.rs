@@ -2,11 +2,10 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Pod;
 use kmm_api::validation::KubeVersion;
 
 use crate::catalog::Catalog;
-use crate::mutate::{MutateConfig, mutate_pod};
+use crate::mutate::{MutateConfig, PodView, mutate_pod};
 use crate::review::{Operation, ParseError, Request, Verdict};
 use crate::validate;
 
@@ -77,6 +76,17 @@ pub fn admit(endpoint: Endpoint, req: &Request, ctx: &Context) -> Verdict {
 }
 
 fn pod(req: &Request, ctx: &Context) -> Verdict {
+    pod_with(req, ctx, || {
+        validate::decode(req.object.as_deref(), "object", "Pod")
+    })
+}
+
+/// The Pod handler, given how to get the object (decoded only once the kind and operation call for it).
+fn pod_with(
+    req: &Request,
+    ctx: &Context,
+    object: impl FnOnce() -> Result<PodView, Verdict>,
+) -> Verdict {
     if !req.kind.is("", "v1", "Pod") {
         return Verdict::bad_request(format!(
             "this endpoint mutates v1 Pod objects, got {}",
@@ -87,7 +97,7 @@ fn pod(req: &Request, ctx: &Context) -> Verdict {
     if req.operation != Operation::Create {
         return Verdict::allow();
     }
-    let pod: Pod = match validate::decode(req.object.as_deref(), "object", "Pod") {
+    let pod = match object() {
         Ok(p) => p,
         Err(v) => return v,
     };
@@ -102,6 +112,28 @@ fn pod(req: &Request, ctx: &Context) -> Verdict {
     }
 }
 
+/// One pass over a well-formed review whose object is read directly as the endpoint's type (Pods and Modules,
+/// the hot paths); `None` sends the body through the general path.
+pub(crate) fn fast(endpoint: Endpoint, body: &[u8], ctx: &Context) -> Option<(Request, Verdict)> {
+    match endpoint {
+        Endpoint::Pod => {
+            let (req, pod) = crate::review::parse_as::<PodView>(body)?;
+            let verdict = pod_with(&req, ctx, || {
+                pod.ok_or_else(|| Verdict::bad_request("request.object is missing"))
+            });
+            Some((req, verdict))
+        }
+        Endpoint::Module => {
+            let (req, module) = crate::review::parse_as::<kmm_api::Module>(body)?;
+            let verdict = validate::module_with(&req, ctx.kube_version, || {
+                module.ok_or_else(|| Verdict::bad_request("request.object is missing"))
+            });
+            Some((req, verdict))
+        }
+        Endpoint::ManagedClusterModule | Endpoint::Namespace => None,
+    }
+}
+
 /// The outcome of one HTTP body: an AdmissionReview to send (HTTP 200), or an HTTP 400 with a message.
 #[derive(Debug)]
 pub enum Outcome {
@@ -113,8 +145,8 @@ pub enum Outcome {
         uid: String,
         /// The verdict.
         verdict: Verdict,
-        /// The serialised response.
-        body: serde_json::Value,
+        /// The serialised AdmissionReview (JSON).
+        body: Vec<u8>,
     },
     /// HTTP 400: no uid to answer with.
     BadRequest(String),
@@ -122,6 +154,15 @@ pub enum Outcome {
 
 /// Parses a body and answers it.
 pub fn handle(endpoint: Endpoint, body: &[u8], ctx: &Context) -> Outcome {
+    if let Some((req, verdict)) = fast(endpoint, body, ctx) {
+        let body = crate::review::response(&req.uid, &verdict);
+        return Outcome::Review {
+            uid: req.uid.clone(),
+            request: Some(Box::new(req)),
+            verdict,
+            body,
+        };
+    }
     match crate::review::parse(body) {
         Ok(req) => {
             let verdict = admit(endpoint, &req, ctx);

@@ -5,6 +5,11 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use kmm_webhook::cli::{Args, run};
 
+/// mimalloc: admission requests are short bursts of small allocations (JSON decoding and the patch), where it costs
+/// fewer instructions than glibc's malloc; measured with `cargo xtask bench webhook`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();

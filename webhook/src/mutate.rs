@@ -27,20 +27,89 @@
 
 mod affinity;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use json_patch::jsonptr::PointerBuf;
-use json_patch::{AddOperation, Patch, PatchOperation};
-use k8s_openapi::api::core::v1::{Container, NodeSelectorRequirement, Pod};
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, Container, NodeSelectorRequirement, ResourceRequirements,
+    SeccompProfile, SecurityContext,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kmm_api::labels::{
     POD_MODULES_ANNOTATION, RESOURCE_DOMAIN, kernel_module_ready, kernel_module_version_ready,
 };
 use kmm_api::mapping::{compile_go_regexp, kernel_fields};
 use kmm_api::{Module, devices};
-use serde_json::json;
+use serde::de::IgnoredAny;
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::catalog::Catalog;
+
+/// The parts of a Pod that the mutation reads. Decoding into it skips the rest of the object without building it
+/// (the API server has already validated the Pod against its schema), which is most of the cost of a full
+/// `k8s_openapi` Pod.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct PodView {
+    /// `metadata`.
+    #[serde(default)]
+    pub metadata: PodMetaView,
+    /// `spec`.
+    #[serde(default)]
+    pub spec: Option<PodSpecView>,
+}
+
+/// `metadata` of a [`PodView`].
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct PodMetaView {
+    /// `metadata.name` (empty with `generateName`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `metadata.namespace`.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// `metadata.annotations`.
+    #[serde(default)]
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+/// `spec` of a [`PodView`].
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct PodSpecView {
+    /// `spec.containers`.
+    #[serde(default)]
+    pub containers: Vec<ContainerView>,
+    /// `spec.initContainers`.
+    #[serde(rename = "initContainers", default)]
+    pub init_containers: Option<Vec<ContainerView>>,
+    /// `spec.affinity`, whole: the patch keeps every existing term.
+    #[serde(default)]
+    pub affinity: Option<Affinity>,
+}
+
+/// A container of a [`PodView`]: its name and the names of the resources it requests or limits.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ContainerView {
+    /// `name`.
+    #[serde(default)]
+    pub name: String,
+    /// `resources`.
+    #[serde(default)]
+    pub resources: Option<ResourcesView>,
+}
+
+/// `resources` of a [`ContainerView`]: only the resource names are kept.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ResourcesView {
+    /// `requests`.
+    #[serde(default)]
+    pub requests: Option<BTreeMap<String, IgnoredAny>>,
+    /// `limits`.
+    #[serde(default)]
+    pub limits: Option<BTreeMap<String, IgnoredAny>>,
+}
 
 /// How the init container is built.
 #[derive(Clone, Debug)]
@@ -114,7 +183,7 @@ fn key(m: &Module) -> (String, String) {
 
 /// The Modules a pod needs, in a stable order (annotation order, then containers' resources), without duplicates.
 pub fn needed_modules(
-    pod: &Pod,
+    pod: &PodView,
     namespace: &str,
     catalog: &dyn Catalog,
 ) -> Result<Vec<Arc<Module>>, Denial> {
@@ -214,7 +283,7 @@ pub fn needed_modules(
 }
 
 /// Extended resources (names with a `/`) requested or limited by any container or init container.
-fn requested_resources(pod: &Pod) -> BTreeSet<String> {
+fn requested_resources(pod: &PodView) -> BTreeSet<String> {
     let Some(spec) = &pod.spec else {
         return BTreeSet::new();
     };
@@ -323,7 +392,7 @@ fn container_name(parts: &[&str]) -> String {
 }
 
 /// The init container waiting for one Module's kmod, if it loads one by name.
-fn wait_container(m: &Module, name: String, cfg: &MutateConfig) -> Option<serde_json::Value> {
+fn wait_container(m: &Module, name: String, cfg: &MutateConfig) -> Option<Container> {
     let kmod = m.spec.sys_module_name()?;
     let mut command = vec![
         "kmm-loader".to_owned(),
@@ -335,34 +404,125 @@ fn wait_container(m: &Module, name: String, cfg: &MutateConfig) -> Option<serde_
         command.extend(["--version".to_owned(), v.to_owned()]);
     }
     command.extend(["--timeout".to_owned(), cfg.wait_timeout.clone()]);
-    let resources = json!({"cpu": "50m", "memory": "32Mi"});
-    Some(json!({
-        "name": name,
-        "image": cfg.loader_image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": command,
-        "resources": {"requests": resources, "limits": resources},
-        "securityContext": {
-            "runAsNonRoot": true,
-            "runAsUser": 65532,
-            "runAsGroup": 65532,
-            "readOnlyRootFilesystem": true,
-            "allowPrivilegeEscalation": false,
-            "privileged": false,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"}
-        },
-        "terminationMessagePolicy": "FallbackToLogsOnError"
-    }))
+    let resources = BTreeMap::from([
+        ("cpu".to_owned(), Quantity("50m".to_owned())),
+        ("memory".to_owned(), Quantity("32Mi".to_owned())),
+    ]);
+    Some(Container {
+        name,
+        image: Some(cfg.loader_image.clone()),
+        image_pull_policy: Some("IfNotPresent".to_owned()),
+        command: Some(command),
+        resources: Some(ResourceRequirements {
+            requests: Some(resources.clone()),
+            limits: Some(resources),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(65532),
+            run_as_group: Some(65532),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                add: None,
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_owned(),
+                localhost_profile: None,
+            }),
+            ..SecurityContext::default()
+        }),
+        termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
+        ..Container::default()
+    })
 }
 
-fn add(path: PointerBuf, value: serde_json::Value) -> PatchOperation {
-    PatchOperation::Add(AddOperation { path, value })
+/// One `add` operation of a JSON Patch (the only operation the mutation needs), with its value already
+/// serialised: the patch is written as text once, without building a `serde_json::Value` tree first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddOp {
+    /// Where to add (RFC 6901; tokens escaped).
+    pub path: PointerBuf,
+    /// The value, as JSON text written by serde_json.
+    value: String,
+}
+
+impl AddOp {
+    /// An `add` of `value` at `path`.
+    pub fn new(path: PointerBuf, value: &impl Serialize) -> AddOp {
+        let mut buf = Vec::with_capacity(1024);
+        // k8s-openapi types, Vecs of them and plain values always serialise, and serde_json writes UTF-8.
+        let value = match serde_json::to_writer(&mut buf, value) {
+            Ok(()) => String::from_utf8(buf).unwrap_or_else(|_| "null".to_owned()),
+            Err(_) => "null".to_owned(),
+        };
+        AddOp { path, value }
+    }
+
+    /// The value, as JSON text.
+    pub fn value_json(&self) -> &str {
+        &self.value
+    }
+}
+
+impl Serialize for AddOp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let value: &RawValue =
+            serde_json::from_str(&self.value).map_err(serde::ser::Error::custom)?;
+        let mut op = s.serialize_struct("AddOp", 3)?;
+        op.serialize_field("op", "add")?;
+        op.serialize_field("path", self.path.as_str())?;
+        op.serialize_field("value", value)?;
+        op.end()
+    }
+}
+
+/// A JSON Patch (RFC 6902) made of `add` operations.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Patch(pub Vec<AddOp>);
+
+impl Patch {
+    /// The patch document, as JSON: written directly, the values being JSON text already.
+    pub fn to_json(&self) -> Vec<u8> {
+        let len: usize = self
+            .0
+            .iter()
+            .map(|op| op.value.len() + op.path.as_str().len() + 40)
+            .sum();
+        let mut out = Vec::with_capacity(len + 2);
+        out.push(b'[');
+        for (i, op) in self.0.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"op\":\"add\",\"path\":");
+            // Writing a str into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut out, op.path.as_str());
+            out.extend_from_slice(b",\"value\":");
+            out.extend_from_slice(op.value.as_bytes());
+            out.push(b'}');
+        }
+        out.push(b']');
+        out
+    }
+
+    /// The same patch as a `json_patch::Patch`, to apply it.
+    pub fn to_json_patch(&self) -> Result<json_patch::Patch, serde_json::Error> {
+        serde_json::from_slice(&self.to_json())
+    }
+}
+
+fn add(path: PointerBuf, value: &impl Serialize) -> AddOp {
+    AddOp::new(path, value)
 }
 
 /// Builds the JSON Patch for a pod (empty when it needs nothing, or already has everything).
 pub fn mutate_pod(
-    pod: &Pod,
+    pod: &PodView,
     namespace: &str,
     catalog: &dyn Catalog,
     cfg: &MutateConfig,
@@ -389,7 +549,7 @@ pub fn mutate_pod(
         .iter()
         .flatten()
         .chain(spec.containers.iter())
-        .map(|c: &Container| c.name.as_str())
+        .map(|c: &ContainerView| c.name.as_str())
         .collect();
     let mut names = BTreeSet::new();
     let mut new_containers = Vec::new();
@@ -412,12 +572,10 @@ pub fn mutate_pod(
     match &spec.init_containers {
         Some(list) if !list.is_empty() => {
             for (i, c) in new_containers.into_iter().enumerate() {
-                ops.push(add(base.with_trailing_token(i), c));
+                ops.push(add(base.with_trailing_token(i), &c));
             }
         }
-        _ if !new_containers.is_empty() => {
-            ops.push(add(base, serde_json::Value::Array(new_containers)))
-        }
+        _ if !new_containers.is_empty() => ops.push(add(base, &new_containers)),
         _ => {}
     }
     Ok(Patch(ops))

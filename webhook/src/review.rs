@@ -7,10 +7,12 @@
 //! numbers, kube-rs issue 1781).
 
 use base64::Engine as _;
+use std::borrow::Cow;
 use std::collections::HashMap;
 
+use serde::Deserialize;
+
 use serde_json::value::RawValue;
-use serde_json::{Value, json};
 
 /// The only AdmissionReview version served (`admissionReviewVersions: [v1]`).
 pub const API_VERSION: &str = "admission.k8s.io/v1";
@@ -121,11 +123,56 @@ fn string(fields: &Fields<'_>, key: &str) -> Option<String> {
         .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
 }
 
-/// Parses an AdmissionReview body.
-///
-/// Only the envelope is parsed here; `object` and `oldObject` stay raw JSON until a handler decodes them into
-/// their types, so each byte is parsed once.
-pub fn parse(body: &[u8]) -> Result<Request, ParseError> {
+/// The AdmissionReview fields the webhook reads, borrowed from the body. Unknown fields are skipped without being
+/// kept; `object` and `oldObject` stay raw JSON until a handler decodes them into their types.
+#[derive(Deserialize)]
+struct Envelope<'a, T> {
+    #[serde(rename = "apiVersion", borrow, default)]
+    api_version: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default = "none")]
+    request: Option<EnvelopeRequest<'a, T>>,
+}
+
+fn none<T>() -> Option<T> {
+    None
+}
+
+/// `request`; `T` is what `object` is read as: raw JSON, or directly the handler's type.
+#[derive(Deserialize)]
+struct EnvelopeRequest<'a, T> {
+    #[serde(borrow, default)]
+    uid: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    kind: Option<EnvelopeGvk<'a>>,
+    #[serde(borrow, default)]
+    operation: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    namespace: Option<Cow<'a, str>>,
+    #[serde(default = "none")]
+    object: Option<T>,
+    #[serde(rename = "oldObject", borrow, default)]
+    old_object: Option<&'a RawValue>,
+    #[serde(rename = "dryRun", default)]
+    dry_run: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+struct EnvelopeGvk<'a> {
+    #[serde(borrow, default)]
+    group: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    version: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    kind: Option<Cow<'a, str>>,
+}
+
+/// The tolerant reading: field by field, so that a request whose uid is readable gets an answer even when other
+/// fields have the wrong type (they read as absent) or keys repeat (the last one wins, as in Go).
+fn tolerant(body: &[u8]) -> Result<Envelope<'_, &RawValue>, ParseError> {
     let review: Fields<'_> = match serde_json::from_slice(body) {
         Ok(fields) => fields,
         Err(e) if e.is_data() => {
@@ -137,8 +184,71 @@ pub fn parse(body: &[u8]) -> Result<Request, ParseError> {
         Some(raw) => serde_json::from_str(raw.get()).map_err(|_| ParseError::MissingRequest)?,
         None => return Err(ParseError::MissingRequest),
     };
-    let uid = match string(&req, "uid") {
-        Some(uid) if !uid.is_empty() => uid,
+    let owned = |fields: &Fields<'_>, key: &str| string(fields, key).map(Cow::Owned);
+    let gvk = req
+        .get("kind")
+        .and_then(|raw| serde_json::from_str::<Fields<'_>>(raw.get()).ok())
+        .map(|gvk| EnvelopeGvk {
+            group: owned(&gvk, "group"),
+            version: owned(&gvk, "version"),
+            kind: owned(&gvk, "kind"),
+        });
+    let raw = |key: &str| req.get(key).copied().filter(|raw| raw.get() != "null");
+    Ok(Envelope {
+        api_version: owned(&review, "apiVersion"),
+        kind: owned(&review, "kind"),
+        request: Some(EnvelopeRequest {
+            uid: owned(&req, "uid"),
+            kind: gvk,
+            operation: owned(&req, "operation"),
+            name: owned(&req, "name"),
+            namespace: owned(&req, "namespace"),
+            object: raw("object"),
+            old_object: raw("oldObject"),
+            dry_run: Some(req.get("dryRun").is_some_and(|raw| raw.get() == "true")),
+        }),
+    })
+}
+
+/// Parses an AdmissionReview body.
+///
+/// The body is read once into borrowed fields (the common case: a well-formed review from the API server); when
+/// that fails (wrong types, repeated keys, not JSON), the tolerant reading decides between an answer carrying the
+/// uid and an HTTP 400. `object` and `oldObject` stay raw JSON until a handler decodes them into their types.
+pub fn parse(body: &[u8]) -> Result<Request, ParseError> {
+    let envelope = match serde_json::from_slice::<Envelope<'_, &RawValue>>(body) {
+        Ok(e) if e.request.is_some() => e,
+        _ => tolerant(body)?,
+    };
+    let (mut request, object) = check(envelope)?;
+    request.object = match object {
+        None => None,
+        Some(raw) if raw.get() == "null" => None,
+        Some(raw) if raw.get().starts_with('{') => Some(raw.to_owned()),
+        Some(_) => {
+            return Err(ParseError::Invalid {
+                uid: request.uid,
+                reason: "request.object is not an object".to_owned(),
+            });
+        }
+    };
+    Ok(request)
+}
+
+/// Parses a well-formed AdmissionReview in one pass, reading `object` directly as a `T`: `None` when the body is
+/// anything else (not JSON, wrong types, an object that is not a `T`, ...), and the caller then goes through
+/// [`parse`] and its precise errors. The returned request has no raw `object`.
+pub fn parse_as<T: serde::de::DeserializeOwned>(body: &[u8]) -> Option<(Request, Option<T>)> {
+    let envelope = serde_json::from_slice::<Envelope<'_, T>>(body).ok()?;
+    envelope.request.as_ref()?;
+    check(envelope).ok()
+}
+
+/// The checks common to both readings; `object` is handed back untouched.
+fn check<T>(envelope: Envelope<'_, T>) -> Result<(Request, Option<T>), ParseError> {
+    let req = envelope.request.ok_or(ParseError::MissingRequest)?;
+    let uid = match req.uid {
+        Some(uid) if !uid.is_empty() => uid.into_owned(),
         _ => return Err(ParseError::MissingUid),
     };
     let invalid = |reason: String| ParseError::Invalid {
@@ -146,22 +256,21 @@ pub fn parse(body: &[u8]) -> Result<Request, ParseError> {
         reason,
     };
 
-    let api_version = string(&review, "apiVersion").unwrap_or_default();
-    let kind = string(&review, "kind").unwrap_or_default();
+    let api_version = envelope.api_version.unwrap_or_default();
+    let kind = envelope.kind.unwrap_or_default();
     if api_version != API_VERSION || kind != KIND {
         return Err(invalid(format!(
             "expected apiVersion {API_VERSION} and kind {KIND}, got {api_version:?} and {kind:?}"
         )));
     }
 
-    let gvk: Fields<'_> = req
-        .get("kind")
-        .and_then(|raw| serde_json::from_str(raw.get()).ok())
+    let gvk = req
+        .kind
         .ok_or_else(|| invalid("request.kind is missing".to_owned()))?;
     let gvk = Gvk {
-        group: string(&gvk, "group").unwrap_or_default(),
-        version: string(&gvk, "version").unwrap_or_default(),
-        kind: string(&gvk, "kind").unwrap_or_default(),
+        group: gvk.group.unwrap_or_default().into_owned(),
+        version: gvk.version.unwrap_or_default().into_owned(),
+        kind: gvk.kind.unwrap_or_default().into_owned(),
     };
     if gvk.version.is_empty() || gvk.kind.is_empty() {
         return Err(invalid(
@@ -169,7 +278,7 @@ pub fn parse(body: &[u8]) -> Result<Request, ParseError> {
         ));
     }
 
-    let operation = match string(&req, "operation").as_deref() {
+    let operation = match req.operation.as_deref() {
         Some("CREATE") => Operation::Create,
         Some("UPDATE") => Operation::Update,
         Some("DELETE") => Operation::Delete,
@@ -181,27 +290,24 @@ pub fn parse(body: &[u8]) -> Result<Request, ParseError> {
         }
     };
 
-    let object_field = |key: &str| -> Result<Option<Box<RawValue>>, ParseError> {
-        match req.get(key) {
-            None => Ok(None),
-            Some(raw) if raw.get() == "null" => Ok(None),
-            Some(raw) if raw.get().starts_with('{') => Ok(Some((*raw).to_owned())),
-            Some(_) => Err(invalid(format!("request.{key} is not an object"))),
-        }
+    let old_object = match req.old_object {
+        None => None,
+        Some(raw) if raw.get() == "null" => None,
+        Some(raw) if raw.get().starts_with('{') => Some(raw.to_owned()),
+        Some(_) => return Err(invalid("request.oldObject is not an object".to_owned())),
     };
-    let object = object_field("object")?;
-    let old_object = object_field("oldObject")?;
 
-    Ok(Request {
+    let request = Request {
         kind: gvk,
         operation,
-        name: string(&req, "name").unwrap_or_default(),
-        namespace: string(&req, "namespace").filter(|n| !n.is_empty()),
-        object,
+        name: req.name.map(Cow::into_owned).unwrap_or_default(),
+        namespace: req.namespace.filter(|n| !n.is_empty()).map(Cow::into_owned),
+        object: None,
         old_object,
-        dry_run: req.get("dryRun").is_some_and(|raw| raw.get() == "true"),
+        dry_run: req.dry_run.unwrap_or(false),
         uid,
-    })
+    };
+    Ok((request, req.object))
 }
 
 /// The answer to one request.
@@ -214,7 +320,7 @@ pub struct Verdict {
     /// Why it was denied.
     pub message: Option<String>,
     /// A JSON Patch to apply (only on allowed CREATE/UPDATE).
-    pub patch: Option<json_patch::Patch>,
+    pub patch: Option<crate::mutate::Patch>,
 }
 
 impl Verdict {
@@ -229,7 +335,7 @@ impl Verdict {
     }
 
     /// Allowed, with a patch (an empty patch is omitted).
-    pub fn patch(patch: json_patch::Patch) -> Self {
+    pub fn patch(patch: crate::mutate::Patch) -> Self {
         Self {
             patch: (!patch.0.is_empty()).then_some(patch),
             ..Self::allow()
@@ -274,29 +380,69 @@ fn reason_for(code: u16) -> &'static str {
     }
 }
 
-/// Serialises the AdmissionReview answering `uid` with `verdict`.
-pub fn response(uid: &str, verdict: &Verdict) -> Value {
-    let mut resp = json!({ "uid": uid, "allowed": verdict.allowed });
-    if !verdict.allowed || verdict.message.is_some() {
-        resp["status"] = json!({
-            "status": if verdict.allowed { "Success" } else { "Failure" },
-            "code": verdict.code,
-            "reason": reason_for(verdict.code),
-            "message": verdict.message.clone().unwrap_or_default(),
+/// Serialises the AdmissionReview answering `uid` with `verdict`, as JSON bytes.
+///
+/// Written directly rather than through a `serde_json::Value`: the strings that can hold anything (uid, message)
+/// go through serde_json's escaping, the rest is fixed text, and the base64 patch needs no escaping.
+pub fn response(uid: &str, verdict: &Verdict) -> Vec<u8> {
+    let patch = verdict.patch.as_ref().map(crate::mutate::Patch::to_json);
+    let message = verdict.message.as_deref();
+    let mut out = Vec::with_capacity(
+        160 + uid.len()
+            + message.map_or(0, str::len)
+            + patch.as_ref().map_or(0, |p| p.len() * 4 / 3 + 4),
+    );
+    out.extend_from_slice(b"{\"apiVersion\":\"");
+    out.extend_from_slice(API_VERSION.as_bytes());
+    out.extend_from_slice(b"\",\"kind\":\"");
+    out.extend_from_slice(KIND.as_bytes());
+    out.extend_from_slice(b"\",\"response\":{\"uid\":");
+    push_json_str(&mut out, uid);
+    out.extend_from_slice(if verdict.allowed {
+        b",\"allowed\":true"
+    } else {
+        b",\"allowed\":false"
+    });
+    if !verdict.allowed || message.is_some() {
+        out.extend_from_slice(b",\"status\":{\"status\":\"");
+        out.extend_from_slice(if verdict.allowed {
+            b"Success"
+        } else {
+            b"Failure"
         });
+        out.extend_from_slice(format!("\",\"code\":{},\"reason\":\"", verdict.code).as_bytes());
+        out.extend_from_slice(reason_for(verdict.code).as_bytes());
+        out.extend_from_slice(b"\",\"message\":");
+        push_json_str(&mut out, message.unwrap_or_default());
+        out.push(b'}');
     }
-    if let Some(patch) = &verdict.patch {
-        // Serialising a Patch (a Vec of plain enums with String/Value fields) cannot fail.
-        let bytes = serde_json::to_vec(patch).unwrap_or_default();
-        resp["patchType"] = json!("JSONPatch");
-        resp["patch"] = json!(base64::engine::general_purpose::STANDARD.encode(bytes));
+    if let Some(patch) = patch {
+        out.extend_from_slice(b",\"patchType\":\"JSONPatch\",\"patch\":\"");
+        let start = out.len();
+        out.resize(
+            start + base64::encoded_len(patch.len(), true).unwrap_or(0),
+            0,
+        );
+        let written = base64::engine::general_purpose::STANDARD
+            .encode_slice(&patch, &mut out[start..])
+            .unwrap_or(0);
+        out.truncate(start + written);
+        out.push(b'"');
     }
-    json!({ "apiVersion": API_VERSION, "kind": KIND, "response": resp })
+    out.extend_from_slice(b"}}");
+    out
+}
+
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing a str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use serde_json::{Value, json};
+
     use super::*;
 
     fn review(request: Value) -> Vec<u8> {
@@ -380,7 +526,8 @@ mod tests {
 
     #[test]
     fn response_carries_uid_status_and_base64_patch() {
-        let deny = response("u-9", &Verdict::deny("spec.x: bad"));
+        let deny: Value =
+            serde_json::from_slice(&response("u-9", &Verdict::deny("spec.x: bad"))).unwrap();
         assert_eq!(deny["apiVersion"], API_VERSION);
         assert_eq!(deny["kind"], KIND);
         assert_eq!(deny["response"]["uid"], "u-9");
@@ -389,9 +536,11 @@ mod tests {
         assert_eq!(deny["response"]["status"]["message"], "spec.x: bad");
         assert!(deny["response"].get("patch").is_none());
 
-        let patch: json_patch::Patch =
-            serde_json::from_value(json!([{"op": "add", "path": "/a~1b", "value": 1}])).unwrap();
-        let ok = response("u-9", &Verdict::patch(patch));
+        let patch = crate::mutate::Patch(vec![crate::mutate::AddOp::new(
+            json_patch::jsonptr::PointerBuf::from_tokens(["a/b"]),
+            &1,
+        )]);
+        let ok: Value = serde_json::from_slice(&response("u-9", &Verdict::patch(patch))).unwrap();
         assert_eq!(ok["response"]["allowed"], true);
         assert!(ok["response"].get("status").is_none());
         assert_eq!(ok["response"]["patchType"], "JSONPatch");
@@ -401,7 +550,22 @@ mod tests {
         let back: Value = serde_json::from_slice(&raw).unwrap();
         assert_eq!(back, json!([{"op": "add", "path": "/a~1b", "value": 1}]));
 
-        let empty = response("u", &Verdict::patch(json_patch::Patch(vec![])));
+        let empty: Value = serde_json::from_slice(&response(
+            "u",
+            &Verdict::patch(crate::mutate::Patch(vec![])),
+        ))
+        .unwrap();
+        assert_eq!(empty["response"]["allowed"], true);
+        // Strings that need escaping stay valid JSON.
+        let odd: Value = serde_json::from_slice(&response(
+            "u\"\\\n",
+            &Verdict::bad_request("bad \"x\"\n\u{1}"),
+        ))
+        .unwrap();
+        assert_eq!(odd["response"]["uid"], "u\"\\\n");
+        assert_eq!(odd["response"]["status"]["message"], "bad \"x\"\n\u{1}");
+        assert_eq!(odd["response"]["status"]["code"], 400);
+        assert_eq!(odd["response"]["status"]["reason"], "BadRequest");
         assert!(empty["response"].get("patch").is_none());
         assert!(empty["response"].get("patchType").is_none());
     }

@@ -94,7 +94,7 @@ async fn review(endpoint: Endpoint, state: AppState, body: Bytes) -> Response {
                     dry_run, verdict = verdict_label, code = verdict.code,
                     message = verdict.message.as_deref().unwrap_or(""), latency_us, "admission");
             }
-            axum::Json(body).into_response()
+            ([(http::header::CONTENT_TYPE, "application/json")], body).into_response()
         }
         Outcome::BadRequest(message) => {
             state

@@ -38,6 +38,17 @@ fn verdict(result: Result<(), Vec<validation::FieldError>>) -> Verdict {
 
 /// `Module` CREATE and UPDATE (other operations are allowed: they are not registered).
 pub fn module(req: &Request, kube: Option<KubeVersion>) -> Verdict {
+    module_with(req, kube, || {
+        decode::<Module>(req.object.as_deref(), "object", "Module")
+    })
+}
+
+/// [`module`], given how to get the new object (decoded only when the kind and operation call for it).
+pub fn module_with(
+    req: &Request,
+    kube: Option<KubeVersion>,
+    object: impl FnOnce() -> Result<Module, Verdict>,
+) -> Verdict {
     if !req.kind.is("kmm.sigs.x-k8s.io", "v1beta1", "Module") {
         return Verdict::bad_request(format!(
             "this endpoint validates kmm.sigs.x-k8s.io/v1beta1 Module objects, got {}",
@@ -45,7 +56,7 @@ pub fn module(req: &Request, kube: Option<KubeVersion>) -> Verdict {
         ));
     }
     match req.operation {
-        Operation::Create => match decode::<Module>(req.object.as_deref(), "object", "Module") {
+        Operation::Create => match object() {
             Ok(new) => verdict(validation::validate_module(
                 &with_request_identity(new, req),
                 kube,
@@ -53,7 +64,7 @@ pub fn module(req: &Request, kube: Option<KubeVersion>) -> Verdict {
             Err(v) => v,
         },
         Operation::Update => {
-            let new = match decode::<Module>(req.object.as_deref(), "object", "Module") {
+            let new = match object() {
                 Ok(m) => with_request_identity(m, req),
                 Err(v) => return v,
             };

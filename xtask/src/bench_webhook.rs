@@ -289,7 +289,10 @@ pub fn run() -> Result<()> {
             .arg(certs.join("tls.key"))
             .arg("--modules-from")
             .arg(work.join("modules"))
-            .env("RUST_LOG", "warn"),
+            .env("RUST_LOG", "warn")
+            // As in manifests/webhook/deployment.yaml.
+            .env("MIMALLOC_ARENA_EAGER_COMMIT", "0")
+            .env("MIMALLOC_PURGE_DELAY", "0"),
         "listening admission",
     )?;
     let (_floor, floor_addr) = start(

@@ -106,7 +106,7 @@ pub fn run() -> Result<()> {
 fn scheduling(sources: &[(String, String)]) -> Result<()> {
     use k8s_openapi::api::core::v1::Pod;
     use kmm_webhook::catalog::StaticCatalog;
-    use kmm_webhook::mutate::{MutateConfig, mutate_pod};
+    use kmm_webhook::mutate::{MutateConfig, PodView, mutate_pod};
 
     println!("== transparent scheduling: what the webhook does to pods that need a driver ==");
     let mut modules = Vec::new();
@@ -117,10 +117,10 @@ fn scheduling(sources: &[(String, String)]) -> Result<()> {
             let value: serde_json::Value = serde::Deserialize::deserialize(doc)
                 .with_context(|| format!("failed to read {source}"))?;
             if value.get("kind").and_then(serde_json::Value::as_str) == Some("Pod") {
-                pods.push(
-                    serde_json::from_value::<Pod>(value)
-                        .with_context(|| format!("bad Pod in {source}"))?,
-                );
+                // A full Pod first (the example must be a valid Pod), then the view the webhook reads.
+                serde_json::from_value::<Pod>(value.clone())
+                    .with_context(|| format!("bad Pod in {source}"))?;
+                pods.push(serde_json::from_value::<PodView>(value)?);
             }
         }
     }

@@ -34,6 +34,8 @@ fuzz_target!(|data: &[u8]| {
         match handle(endpoint, data, ctx) {
             Outcome::Review { uid, body, .. } => {
                 assert!(!uid.is_empty());
+                let body: serde_json::Value =
+                    serde_json::from_slice(&body).expect("the response is JSON");
                 assert_eq!(body["response"]["uid"].as_str(), Some(uid.as_str()));
             }
             Outcome::BadRequest(msg) => assert!(!msg.is_empty()),

@@ -5,20 +5,11 @@
 //! `/` or `~` in a token is escaped (`~1`, `~0`) as RFC 6901 requires.
 
 use json_patch::jsonptr::PointerBuf;
-use json_patch::{AddOperation, PatchOperation};
-use k8s_openapi::api::core::v1::{Affinity, NodeSelectorRequirement};
-use serde_json::{Value, json};
+use k8s_openapi::api::core::v1::{
+    Affinity, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
+};
 
-fn add(path: PointerBuf, value: Value) -> PatchOperation {
-    PatchOperation::Add(AddOperation { path, value })
-}
-
-fn to_value(r: &NodeSelectorRequirement) -> Value {
-    match &r.values {
-        Some(v) => json!({"key": r.key, "operator": r.operator, "values": v}),
-        None => json!({"key": r.key, "operator": r.operator}),
-    }
-}
+use super::{AddOp, add};
 
 fn same(a: &NodeSelectorRequirement, b: &NodeSelectorRequirement) -> bool {
     let norm = |r: &NodeSelectorRequirement| {
@@ -30,44 +21,47 @@ fn same(a: &NodeSelectorRequirement, b: &NodeSelectorRequirement) -> bool {
 }
 
 /// Operations making every required term contain every requirement in `reqs`.
-pub(super) fn ops(
-    affinity: Option<&Affinity>,
-    reqs: &[NodeSelectorRequirement],
-) -> Vec<PatchOperation> {
+pub(super) fn ops(affinity: Option<&Affinity>, reqs: &[NodeSelectorRequirement]) -> Vec<AddOp> {
     if reqs.is_empty() {
         return Vec::new();
     }
-    let exprs: Vec<Value> = reqs.iter().map(to_value).collect();
-    let required = json!({"nodeSelectorTerms": [{"matchExpressions": exprs}]});
+    let term = || NodeSelectorTerm {
+        match_expressions: Some(reqs.to_vec()),
+        match_fields: None,
+    };
+    let required = || NodeSelector {
+        node_selector_terms: vec![term()],
+    };
+    let node_affinity = || NodeAffinity {
+        required_during_scheduling_ignored_during_execution: Some(required()),
+        preferred_during_scheduling_ignored_during_execution: None,
+    };
     let mut path = PointerBuf::from_tokens(["spec", "affinity"]);
     let Some(affinity) = affinity else {
-        return vec![add(
-            path,
-            json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": required}}),
-        )];
+        let whole = Affinity {
+            node_affinity: Some(node_affinity()),
+            ..Affinity::default()
+        };
+        return vec![add(path, &whole)];
     };
     path.push_back("nodeAffinity");
-    let Some(node_affinity) = &affinity.node_affinity else {
-        return vec![add(
-            path,
-            json!({"requiredDuringSchedulingIgnoredDuringExecution": required}),
-        )];
+    let Some(existing) = &affinity.node_affinity else {
+        return vec![add(path, &node_affinity())];
     };
     path.push_back("requiredDuringSchedulingIgnoredDuringExecution");
-    let Some(selector) = &node_affinity.required_during_scheduling_ignored_during_execution else {
-        return vec![add(path, required)];
+    let Some(selector) = &existing.required_during_scheduling_ignored_during_execution else {
+        return vec![add(path, &required())];
     };
     path.push_back("nodeSelectorTerms");
     if selector.node_selector_terms.is_empty() {
-        return vec![add(path, json!([{"matchExpressions": exprs}]))];
+        return vec![add(path, &[term()])];
     }
     let mut out = Vec::new();
     for (i, term) in selector.node_selector_terms.iter().enumerate() {
         let have = term.match_expressions.as_deref().unwrap_or_default();
-        let missing: Vec<Value> = reqs
+        let missing: Vec<&NodeSelectorRequirement> = reqs
             .iter()
             .filter(|r| !have.iter().any(|h| same(h, r)))
-            .map(to_value)
             .collect();
         if missing.is_empty() {
             continue;
@@ -76,7 +70,7 @@ pub(super) fn ops(
             .with_trailing_token(i)
             .with_trailing_token("matchExpressions");
         if term.match_expressions.is_none() {
-            out.push(add(term_path, Value::Array(missing)));
+            out.push(add(term_path, &missing));
         } else {
             for m in missing {
                 out.push(add(term_path.with_trailing_token("-"), m));

@@ -2,6 +2,8 @@
 
 use serde_json::{Value, json};
 
+use k8s_openapi::api::core::v1::Pod;
+
 use super::*;
 use crate::catalog::StaticCatalog;
 
@@ -82,13 +84,15 @@ fn cfg() -> MutateConfig {
 /// Mutates, applies the patch, checks that a second pass yields nothing, and returns the mutated pod.
 fn mutate_apply(pod_json: &Value) -> (Value, Patch) {
     let cat = catalog();
-    let pod: Pod = serde_json::from_value(pod_json.clone()).unwrap();
+    let _: Pod = serde_json::from_value(pod_json.clone()).unwrap();
+    let pod: PodView = serde_json::from_value(pod_json.clone()).unwrap();
     let patch = mutate_pod(&pod, "team", &cat, &cfg()).unwrap();
     let mut out = pod_json.clone();
-    json_patch::patch(&mut out, &patch)
+    json_patch::patch(&mut out, &patch.to_json_patch().unwrap())
         .unwrap_or_else(|e| panic!("patch {patch:?} does not apply: {e}"));
     // The result must still be a valid Pod, and a second pass must be a no-op.
-    let again: Pod = serde_json::from_value(out.clone()).unwrap();
+    let _: Pod = serde_json::from_value(out.clone()).unwrap();
+    let again: PodView = serde_json::from_value(out.clone()).unwrap();
     let second = mutate_pod(&again, "team", &cat, &cfg()).unwrap();
     assert!(second.0.is_empty(), "second pass is not empty: {second:?}");
     (out, patch)
@@ -113,7 +117,7 @@ fn pod_without_driver_needs_no_patch() {
         pod(json!({"metadata": {"annotations": {POD_MODULES_ANNOTATION: " , "}}})),
     ];
     for p in cases {
-        let pod: Pod = serde_json::from_value(p.clone()).unwrap();
+        let pod: PodView = serde_json::from_value(p.clone()).unwrap();
         let patch = mutate_pod(&pod, "team", &catalog(), &cfg()).unwrap();
         assert!(patch.0.is_empty(), "{p}: {patch:?}");
     }
@@ -331,7 +335,7 @@ fn denials_name_the_module() {
         ),
     ];
     for (annotation, want) in cases {
-        let p: Pod = serde_json::from_value(pod(
+        let p: PodView = serde_json::from_value(pod(
             json!({"metadata": {"annotations": {POD_MODULES_ANNOTATION: annotation}}}),
         ))
         .unwrap();
@@ -340,7 +344,7 @@ fn denials_name_the_module() {
             .to_string();
         assert!(err.contains(want), "{annotation}: {err}");
     }
-    let p: Pod = serde_json::from_value(pod(
+    let p: PodView = serde_json::from_value(pod(
         json!({"spec": {"containers": [{"name": "a", "image": "a",
         "resources": {"limits": {"kmm.sigs.x-k8s.io/team.nope": "1"}}}]}}),
     ))
@@ -362,7 +366,7 @@ fn ambiguous_resource_is_denied_unless_one_is_local() {
     let mut b = loader_module("ns2", "b", None);
     b.spec.devices = a.spec.devices.clone();
     let cat = StaticCatalog::new([a, b]);
-    let p: Pod = serde_json::from_value(pod(
+    let p: PodView = serde_json::from_value(pod(
         json!({"spec": {"containers": [{"name": "a", "image": "a",
         "resources": {"limits": {"example.com/x": "1"}}}]}}),
     ))
@@ -374,6 +378,9 @@ fn ambiguous_resource_is_denied_unless_one_is_local() {
     );
     let patch = mutate_pod(&p, "ns2", &cat, &cfg()).unwrap();
     let text = serde_json::to_string(&patch).unwrap();
+    // The hand-written document is the serde one.
+    let direct: Value = serde_json::from_slice(&patch.to_json()).unwrap();
+    assert_eq!(direct, serde_json::from_str::<Value>(&text).unwrap());
     assert!(
         text.contains("ns2.b.ready") && !text.contains("ns1.a"),
         "{text}"

@@ -279,3 +279,204 @@ async fn health_routes_and_metrics() {
         "{text}"
     );
 }
+
+/// The one-pass reading of Pods and Modules answers exactly like the general path (parse, then decode), and hands
+/// everything it cannot read to it.
+#[test]
+fn the_fast_path_agrees_with_the_general_path() {
+    use crate::admit::{admit, fast};
+    let ctx = state().ctx;
+    let pod = |annotations: Value, limits: Value| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"namespace": "team", "annotations": annotations},
+            "spec": {"containers": [{"name": "app", "image": "a", "resources": {"limits": limits}}]}})
+    };
+    let module = |name: &str, mapping: Value| {
+        json!({"apiVersion": "kmm.sigs.x-k8s.io/v1beta1", "kind": "Module",
+            "metadata": {"name": name, "namespace": "team"},
+            "spec": {"selector": {}, "moduleLoader": {"container": {
+                "modprobe": {"moduleName": "simple_kmod"}, "kernelMappings": [mapping]}}}})
+    };
+    let good = json!({"regexp": "^.+$", "containerImage": "reg/kmod:1"});
+    let bad = json!({"regexp": "(", "containerImage": "reg/kmod:1"});
+    let pod_kind = ("", "v1", "Pod");
+    let module_kind = ("kmm.sigs.x-k8s.io", "v1beta1", "Module");
+    let cases: Vec<(Endpoint, Vec<u8>, bool)> = vec![
+        (
+            Endpoint::Pod,
+            review(
+                "a",
+                pod_kind,
+                "CREATE",
+                pod(json!({"kmm.sigs.x-k8s.io/modules": "simple"}), json!({})),
+                Value::Null,
+            ),
+            true,
+        ),
+        (
+            Endpoint::Pod,
+            review(
+                "b",
+                pod_kind,
+                "CREATE",
+                pod(json!({}), json!({"kmm.sigs.x-k8s.io/team.simple": "1"})),
+                Value::Null,
+            ),
+            true,
+        ),
+        (
+            Endpoint::Pod,
+            review(
+                "c",
+                pod_kind,
+                "CREATE",
+                pod(json!({"x": "y"}), json!({"cpu": "1"})),
+                Value::Null,
+            ),
+            true,
+        ),
+        (
+            Endpoint::Pod,
+            review(
+                "d",
+                pod_kind,
+                "CREATE",
+                pod(json!({"kmm.sigs.x-k8s.io/modules": "nope"}), json!({})),
+                Value::Null,
+            ),
+            true,
+        ),
+        (
+            Endpoint::Pod,
+            review("e", pod_kind, "CREATE", Value::Null, Value::Null),
+            true,
+        ),
+        (
+            Endpoint::Pod,
+            review(
+                "f",
+                pod_kind,
+                "DELETE",
+                Value::Null,
+                pod(json!({}), json!({})),
+            ),
+            true,
+        ),
+        (
+            Endpoint::Pod,
+            review(
+                "g",
+                module_kind,
+                "CREATE",
+                module("m", good.clone()),
+                Value::Null,
+            ),
+            true,
+        ),
+        // Not a Pod, not an object: the general path explains.
+        (
+            Endpoint::Pod,
+            review(
+                "h",
+                pod_kind,
+                "CREATE",
+                json!({"spec": {"containers": 3}}),
+                Value::Null,
+            ),
+            false,
+        ),
+        (
+            Endpoint::Pod,
+            review("i", pod_kind, "CREATE", json!("pod"), Value::Null),
+            false,
+        ),
+        (
+            Endpoint::Module,
+            review(
+                "j",
+                module_kind,
+                "CREATE",
+                module("m", good.clone()),
+                Value::Null,
+            ),
+            true,
+        ),
+        (
+            Endpoint::Module,
+            review(
+                "k",
+                module_kind,
+                "CREATE",
+                module("m", bad.clone()),
+                Value::Null,
+            ),
+            true,
+        ),
+        (
+            Endpoint::Module,
+            review(
+                "l",
+                module_kind,
+                "UPDATE",
+                module("m", good.clone()),
+                module("m", bad),
+            ),
+            true,
+        ),
+        (
+            Endpoint::Module,
+            review(
+                "m",
+                module_kind,
+                "UPDATE",
+                module("m", good.clone()),
+                json!(1),
+            ),
+            false,
+        ),
+        (
+            Endpoint::Module,
+            review("n", module_kind, "CREATE", json!({"spec": 1}), Value::Null),
+            false,
+        ),
+        (
+            Endpoint::Module,
+            review(
+                "o",
+                pod_kind,
+                "CREATE",
+                pod(json!({}), json!({})),
+                Value::Null,
+            ),
+            false,
+        ),
+        (
+            Endpoint::Module,
+            review("p", module_kind, "NOPE", module("m", good), Value::Null),
+            false,
+        ),
+        (
+            Endpoint::Namespace,
+            review(
+                "q",
+                ("", "v1", "Namespace"),
+                "DELETE",
+                Value::Null,
+                json!({"metadata": {"name": "x"}}),
+            ),
+            false,
+        ),
+    ];
+    for (endpoint, body, takes_fast) in cases {
+        let general = match crate::review::parse(&body) {
+            Ok(req) => Some(admit(endpoint, &req, &ctx)),
+            Err(_) => None,
+        };
+        match fast(endpoint, &body, &ctx) {
+            Some((_, verdict)) => {
+                assert!(takes_fast, "{}", String::from_utf8_lossy(&body));
+                assert_eq!(Some(verdict), general, "{}", String::from_utf8_lossy(&body));
+            }
+            None => assert!(!takes_fast, "{}", String::from_utf8_lossy(&body)),
+        }
+    }
+}
