@@ -3,49 +3,42 @@
 //! sys tree to its devices being allocatable, re-registration after 20 kubelet restarts, and 1,000 sequential
 //! Allocate round trips. The figures and their targets are printed; nothing is asserted (it is not a test).
 //!
-//! Needs in xtask/Cargo.toml: `kmm-e2e = { path = "../tests" }` and `tokio = { workspace = true }`.
+//! The simulator side runs in a release build of kmm-e2e's `device-plugin-bench` example.
 
 use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-fn release_plugin() -> Result<PathBuf> {
+fn cargo_release(args: &[&str]) -> Result<()> {
     let out = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "kmm-device-plugin",
-            "--bin",
-            "kmm-device-plugin",
-        ])
+        .args(["build", "--release"])
+        .args(args)
         .output()
         .context("failed to run cargo build")?;
     if !out.status.success() {
         bail!(
-            "cargo build --release -p kmm-device-plugin failed: {}",
+            "cargo build --release {} failed: {}",
+            args.join(" "),
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
-    Ok(target.join("release/kmm-device-plugin"))
+    Ok(())
 }
 
-/// Builds the release binary, runs the benchmark and prints the figures.
+/// Builds the release plugin and the release simulator driver (kmm-e2e's `device-plugin-bench` example, so the
+/// kubelet's side of each round trip is optimised too), runs the benchmark and prints the figures.
 pub fn run() -> Result<()> {
-    let bin = release_plugin()?;
-    // One thread, like the plugin: on a loaded 2-core machine a multi-thread runtime adds a cross-thread wake-up
-    // (and a scheduling delay) to every round trip the simulator makes.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("failed to start the tokio runtime")?;
-    let report = rt
-        .block_on(kmm_e2e::device_plugin_bench::run(&bin))
-        .context("device plugin benchmark failed")?;
-    println!("kmm-device-plugin ({})", bin.display());
-    println!("{report}");
+    cargo_release(&["-p", "kmm-device-plugin", "--bin", "kmm-device-plugin"])?;
+    cargo_release(&["-p", "kmm-e2e", "--example", "device-plugin-bench"])?;
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
+    let status = Command::new(target.join("release/examples/device-plugin-bench"))
+        .arg(target.join("release/kmm-device-plugin"))
+        .status()
+        .context("failed to run the benchmark driver")?;
+    if !status.success() {
+        bail!("device plugin benchmark failed ({status})");
+    }
     Ok(())
 }
