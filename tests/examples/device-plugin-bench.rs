@@ -14,9 +14,14 @@ fn main() -> Result<()> {
         .build()
         .context("failed to start the tokio runtime")?;
     let report = rt
-        .block_on(kmm_e2e::device_plugin_bench::run(std::path::Path::new(&bin)))
+        .block_on(kmm_e2e::device_plugin_bench::run(std::path::Path::new(
+            &bin,
+        )))
         .context("device plugin benchmark failed")?;
-    println!("kmm-device-plugin ({})", std::path::Path::new(&bin).display());
+    println!(
+        "kmm-device-plugin ({})",
+        std::path::Path::new(&bin).display()
+    );
     println!("{report}");
     Ok(())
 }
