@@ -118,15 +118,13 @@ pub(crate) fn fast(endpoint: Endpoint, body: &[u8], ctx: &Context) -> Option<(Re
     match endpoint {
         Endpoint::Pod => {
             let (req, pod) = crate::review::parse_as::<PodView>(body)?;
-            let verdict = pod_with(&req, ctx, || {
-                pod.ok_or_else(|| Verdict::bad_request("request.object is missing"))
-            });
+            let verdict = pod_with(&req, ctx, || pod.ok_or_else(|| validate::missing("object")));
             Some((req, verdict))
         }
         Endpoint::Module => {
             let (req, module) = crate::review::parse_as::<kmm_api::Module>(body)?;
             let verdict = validate::module_with(&req, ctx.kube_version, || {
-                module.ok_or_else(|| Verdict::bad_request("request.object is missing"))
+                module.ok_or_else(|| validate::missing("object"))
             });
             Some((req, verdict))
         }
@@ -154,36 +152,31 @@ pub enum Outcome {
 
 /// Parses a body and answers it.
 pub fn handle(endpoint: Endpoint, body: &[u8], ctx: &Context) -> Outcome {
-    if let Some((req, verdict)) = fast(endpoint, body, ctx) {
-        let body = crate::review::response(&req.uid, &verdict);
-        return Outcome::Review {
-            uid: req.uid.clone(),
-            request: Some(Box::new(req)),
-            verdict,
-            body,
-        };
-    }
-    match crate::review::parse(body) {
-        Ok(req) => {
-            let verdict = admit(endpoint, &req, ctx);
-            let body = crate::review::response(&req.uid, &verdict);
-            Outcome::Review {
-                uid: req.uid.clone(),
-                request: Some(Box::new(req)),
-                verdict,
-                body,
+    let (req, verdict) = match fast(endpoint, body, ctx) {
+        Some(answered) => answered,
+        None => match crate::review::parse(body) {
+            Ok(req) => {
+                let verdict = admit(endpoint, &req, ctx);
+                (req, verdict)
             }
-        }
-        Err(ParseError::Invalid { uid, reason }) => {
-            let verdict = Verdict::bad_request(reason);
-            let body = crate::review::response(&uid, &verdict);
-            Outcome::Review {
-                request: None,
-                uid,
-                verdict,
-                body,
+            Err(ParseError::Invalid { uid, reason }) => {
+                let verdict = Verdict::bad_request(reason);
+                let body = crate::review::response(&uid, &verdict);
+                return Outcome::Review {
+                    request: None,
+                    uid,
+                    verdict,
+                    body,
+                };
             }
-        }
-        Err(e) => Outcome::BadRequest(e.to_string()),
+            Err(e) => return Outcome::BadRequest(e.to_string()),
+        },
+    };
+    let body = crate::review::response(&req.uid, &verdict);
+    Outcome::Review {
+        uid: req.uid.clone(),
+        request: Some(Box::new(req)),
+        verdict,
+        body,
     }
 }

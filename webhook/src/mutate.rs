@@ -461,11 +461,6 @@ impl AddOp {
         };
         AddOp { path, value }
     }
-
-    /// The value, as JSON text.
-    pub fn value_json(&self) -> &str {
-        &self.value
-    }
 }
 
 impl Serialize for AddOp {
@@ -514,10 +509,6 @@ impl Patch {
     pub fn to_json_patch(&self) -> Result<json_patch::Patch, serde_json::Error> {
         serde_json::from_slice(&self.to_json())
     }
-}
-
-fn add(path: PointerBuf, value: &impl Serialize) -> AddOp {
-    AddOp::new(path, value)
 }
 
 /// Builds the JSON Patch for a pod (empty when it needs nothing, or already has everything).
@@ -572,10 +563,10 @@ pub fn mutate_pod(
     match &spec.init_containers {
         Some(list) if !list.is_empty() => {
             for (i, c) in new_containers.into_iter().enumerate() {
-                ops.push(add(base.with_trailing_token(i), &c));
+                ops.push(AddOp::new(base.with_trailing_token(i), &c));
             }
         }
-        _ if !new_containers.is_empty() => ops.push(add(base, &new_containers)),
+        _ if !new_containers.is_empty() => ops.push(AddOp::new(base, &new_containers)),
         _ => {}
     }
     Ok(Patch(ops))

@@ -221,18 +221,26 @@ pub fn parse(body: &[u8]) -> Result<Request, ParseError> {
         _ => tolerant(body)?,
     };
     let (mut request, object) = check(envelope)?;
-    request.object = match object {
-        None => None,
-        Some(raw) if raw.get() == "null" => None,
-        Some(raw) if raw.get().starts_with('{') => Some(raw.to_owned()),
-        Some(_) => {
+    request.object = match raw_object(object, "object") {
+        Ok(object) => object,
+        Err(reason) => {
             return Err(ParseError::Invalid {
                 uid: request.uid,
-                reason: "request.object is not an object".to_owned(),
+                reason,
             });
         }
     };
     Ok(request)
+}
+
+/// `object` or `oldObject` as raw JSON; absent (or `null`, which both readings turn into `None`) stays `None`,
+/// and anything but a JSON object is an error naming the field.
+fn raw_object(raw: Option<&RawValue>, key: &str) -> Result<Option<Box<RawValue>>, String> {
+    match raw {
+        None => Ok(None),
+        Some(raw) if raw.get().starts_with('{') => Ok(Some(raw.to_owned())),
+        Some(_) => Err(format!("request.{key} is not an object")),
+    }
 }
 
 /// Parses a well-formed AdmissionReview in one pass, reading `object` directly as a `T`: `None` when the body is
@@ -290,12 +298,7 @@ fn check<T>(envelope: Envelope<'_, T>) -> Result<(Request, Option<T>), ParseErro
         }
     };
 
-    let old_object = match req.old_object {
-        None => None,
-        Some(raw) if raw.get() == "null" => None,
-        Some(raw) if raw.get().starts_with('{') => Some(raw.to_owned()),
-        Some(_) => return Err(invalid("request.oldObject is not an object".to_owned())),
-    };
+    let old_object = raw_object(req.old_object, "oldObject").map_err(invalid)?;
 
     let request = Request {
         kind: gvk,

@@ -9,12 +9,17 @@ use serde::de::DeserializeOwned;
 use crate::review::{Operation, Request, Verdict};
 
 /// Decodes `request.object` (or `oldObject`) as `T`; a missing or malformed object is a 400 verdict.
+/// The answer when `request.<field>` is absent.
+pub(crate) fn missing(field: &str) -> Verdict {
+    Verdict::bad_request(format!("request.{field} is missing"))
+}
+
 pub(crate) fn decode<T: DeserializeOwned>(
     value: Option<&serde_json::value::RawValue>,
     field: &str,
     kind: &str,
 ) -> Result<T, Verdict> {
-    let value = value.ok_or_else(|| Verdict::bad_request(format!("request.{field} is missing")))?;
+    let value = value.ok_or_else(|| missing(field))?;
     serde_json::from_str(value.get())
         .map_err(|e| Verdict::bad_request(format!("request.{field} is not a valid {kind}: {e}")))
 }

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{
     Affinity, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
 };
 
-use super::{AddOp, add};
+use super::AddOp;
 
 fn same(a: &NodeSelectorRequirement, b: &NodeSelectorRequirement) -> bool {
     let norm = |r: &NodeSelectorRequirement| {
@@ -42,19 +42,19 @@ pub(super) fn ops(affinity: Option<&Affinity>, reqs: &[NodeSelectorRequirement])
             node_affinity: Some(node_affinity()),
             ..Affinity::default()
         };
-        return vec![add(path, &whole)];
+        return vec![AddOp::new(path, &whole)];
     };
     path.push_back("nodeAffinity");
     let Some(existing) = &affinity.node_affinity else {
-        return vec![add(path, &node_affinity())];
+        return vec![AddOp::new(path, &node_affinity())];
     };
     path.push_back("requiredDuringSchedulingIgnoredDuringExecution");
     let Some(selector) = &existing.required_during_scheduling_ignored_during_execution else {
-        return vec![add(path, &required())];
+        return vec![AddOp::new(path, &required())];
     };
     path.push_back("nodeSelectorTerms");
     if selector.node_selector_terms.is_empty() {
-        return vec![add(path, &[term()])];
+        return vec![AddOp::new(path, &[term()])];
     }
     let mut out = Vec::new();
     for (i, term) in selector.node_selector_terms.iter().enumerate() {
@@ -70,10 +70,10 @@ pub(super) fn ops(affinity: Option<&Affinity>, reqs: &[NodeSelectorRequirement])
             .with_trailing_token(i)
             .with_trailing_token("matchExpressions");
         if term.match_expressions.is_none() {
-            out.push(add(term_path, &missing));
+            out.push(AddOp::new(term_path, &missing));
         } else {
             for m in missing {
-                out.push(add(term_path.with_trailing_token("-"), m));
+                out.push(AddOp::new(term_path.with_trailing_token("-"), m));
             }
         }
     }
