@@ -319,7 +319,7 @@ fn cmd_modinfo(json: bool, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
 
 fn cmd_verify(certs: &[PathBuf], files: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let store = TrustStore::load(certs)?;
-    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let threads = crate::par::threads();
     let mut failed = 0usize;
     for (f, res) in files
         .iter()
