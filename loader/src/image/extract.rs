@@ -23,11 +23,12 @@ use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fmt;
 use std::fs;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
+mod gunzip;
 mod writer;
 use writer::{CHUNK, Op, Writer};
 
@@ -182,16 +183,37 @@ pub struct Extractor {
 const WH_PREFIX: &[u8] = b".wh.";
 const WH_OPAQUE: &[u8] = b".wh..wh..opq";
 
-/// Wraps a layer blob reader in the right decompressor, sniffing gzip and zstd magic bytes.
-pub fn decompress<'a, R: Read + 'a>(reader: R) -> io::Result<Box<dyn Read + 'a>> {
-    let mut br = BufReader::with_capacity(256 << 10, reader);
-    let head = br.fill_buf()?;
-    if head.starts_with(&[0x1f, 0x8b]) {
-        Ok(Box::new(flate2::bufread::MultiGzDecoder::new(br)))
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Ok(Box::new(zstd::stream::read::Decoder::with_buffer(br)?))
+/// Wraps a layer blob reader in the right decompressor, sniffing gzip and zstd magic bytes. A gzip layer is
+/// inflated straight from `reader`'s buffer, without checking the members' CRC-32 (see [`gunzip`]: layers are
+/// digest-verified).
+pub fn decompress<'a, R: BufRead + 'a>(mut reader: R) -> io::Result<Box<dyn Read + 'a>> {
+    // The magic bytes, gathered across the reader's first pieces when they are tiny.
+    let mut prefix = Vec::new();
+    while prefix.len() < 4 {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() || (prefix.is_empty() && buf.len() >= 4) {
+            break;
+        }
+        let k = (4 - prefix.len()).min(buf.len());
+        prefix.extend_from_slice(&buf[..k]);
+        reader.consume(k);
+    }
+    let head = if prefix.is_empty() {
+        reader.fill_buf()?
     } else {
-        Ok(Box::new(br))
+        &prefix
+    };
+    let (gzip, zstd) = (
+        head.starts_with(&[0x1f, 0x8b]),
+        head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]),
+    );
+    let reader = io::Cursor::new(prefix).chain(reader);
+    if gzip {
+        Ok(Box::new(gunzip::Gunzip::new(reader)))
+    } else if zstd {
+        Ok(Box::new(zstd::stream::read::Decoder::with_buffer(reader)?))
+    } else {
+        Ok(Box::new(reader))
     }
 }
 
@@ -220,6 +242,20 @@ impl fmt::Display for StreamLimit {
     }
 }
 impl std::error::Error for StreamLimit {}
+
+/// Reads until `buf` is full or the reader ends; the number of bytes read.
+fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut k = 0;
+    while k < buf.len() {
+        match r.read(&mut buf[k..]) {
+            Ok(0) => break,
+            Ok(m) => k += m,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(k)
+}
 
 /// Splits a tar path into normal components, refusing absolute paths and `..`.
 fn components(raw: &[u8]) -> Result<Vec<Vec<u8>>, Refusal> {
@@ -424,20 +460,34 @@ impl Extractor {
         }
     }
 
-    /// Queues a file operation for the writer thread (started on first use).
+    /// The writer thread (started on first use).
+    fn writer(&mut self) -> Result<&mut Writer, ExtractError> {
+        if self.writer.is_none() {
+            let w = Writer::start().map_err(|source| ExtractError::WriteEntry {
+                path: self.root.clone(),
+                source,
+            })?;
+            self.writer = Some(w);
+        }
+        self.writer
+            .as_mut()
+            .ok_or_else(|| ExtractError::WriteEntry {
+                path: self.root.clone(),
+                source: io::Error::other("the writer thread is gone"),
+            })
+    }
+
+    /// Queues a file operation for the writer thread.
     fn send(&mut self, op: Op) -> Result<(), ExtractError> {
-        let writer = match &mut self.writer {
-            Some(w) => w,
-            None => {
-                let w = Writer::start().map_err(|source| ExtractError::WriteEntry {
-                    path: self.root.clone(),
-                    source,
-                })?;
-                self.writer.insert(w)
-            }
-        };
-        writer
+        self.writer()?
             .send(op)
+            .map_err(|(path, source)| ExtractError::WriteEntry { path, source })
+    }
+
+    /// A content buffer of [`CHUNK`] bytes from the writer thread.
+    fn buffer(&mut self) -> Result<Vec<u8>, ExtractError> {
+        self.writer()?
+            .buffer()
             .map_err(|(path, source)| ExtractError::WriteEntry { path, source })
     }
 
@@ -622,7 +672,7 @@ impl Extractor {
     }
 
     /// Applies one layer (a tar stream, possibly compressed). `name` identifies it in errors (its digest).
-    pub fn apply_layer<R: Read>(&mut self, name: &str, reader: R) -> Result<(), ExtractError> {
+    pub fn apply_layer<R: BufRead>(&mut self, name: &str, reader: R) -> Result<(), ExtractError> {
         self.layer = name.to_owned();
         self.layer_written.clear();
         let read_err = |layer: &str, source: io::Error| {
@@ -751,10 +801,8 @@ impl Extractor {
                     self.send(start)?;
                     let mut n: u64 = 0;
                     loop {
-                        let left = entry.size().saturating_sub(n);
-                        let cap = usize::try_from(left).unwrap_or(CHUNK).min(CHUNK);
-                        let mut data = Vec::with_capacity(cap);
-                        let k = match (&mut entry).take(CHUNK as u64).read_to_end(&mut data) {
+                        let mut buf = self.buffer()?;
+                        let k = match read_full(&mut entry, &mut buf) {
                             Ok(k) => k,
                             Err(e) => {
                                 return Err(read_err(name, e).unwrap_or_else(|| limit_err(self)));
@@ -773,7 +821,9 @@ impl Extractor {
                             ));
                         }
                         if k > 0 {
-                            self.send(Op::Data(data))?;
+                            self.send(Op::Data { buf, len: k })?;
+                        } else if let Some(w) = &mut self.writer {
+                            w.unused(buf);
                         }
                         // A short piece is the last one.
                         if k < CHUNK {

@@ -8,7 +8,7 @@
 //! (`.<name>.kmm-lock`; in an [`ImageCache`] one per digest): a second process waits, then finds the tree
 //! and reuses it. Temporary trees left by a crashed pull are removed by the next pull holding the lock.
 
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -163,33 +163,45 @@ fn pinned_digest(image: &ImageRef) -> Option<&Digest> {
     }
 }
 
-/// A `Read` over chunks coming from the async download.
+/// A reader over the chunks of the async download, as received: the inflater reads straight from them.
 struct ChannelReader {
-    rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
-    buf: Vec<u8>,
-    pos: usize,
+    rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    buf: bytes::Bytes,
+}
+
+impl BufRead for ChannelReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        while self.buf.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(b) => self.buf = b,
+                None => break,
+            }
+        }
+        Ok(&self.buf)
+    }
+
+    fn consume(&mut self, n: usize) {
+        let n = n.min(self.buf.len());
+        bytes::Buf::advance(&mut self.buf, n);
+    }
 }
 
 impl Read for ChannelReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.pos >= self.buf.len() {
-            match self.rx.blocking_recv() {
-                Some(b) => {
-                    self.buf = b;
-                    self.pos = 0;
-                }
-                None => return Ok(0),
-            }
-        }
-        let n = out.len().min(self.buf.len() - self.pos);
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
+        let avail = self.fill_buf()?;
+        let n = out.len().min(avail.len());
+        out[..n].copy_from_slice(&avail[..n]);
+        self.consume(n);
         Ok(n)
     }
 }
 
 /// Applies a layer and then reads its stream to the end (so a verifying reader sees all bytes).
-fn apply_and_drain<R: Read>(x: &mut Extractor, name: &str, mut r: R) -> Result<(), ExtractError> {
+fn apply_and_drain<R: BufRead>(
+    x: &mut Extractor,
+    name: &str,
+    mut r: R,
+) -> Result<(), ExtractError> {
     let res = x.apply_layer(name, &mut r);
     // Read to the end even after a refusal, so the download side still checks the digest: corrupt content
     // is then reported as such rather than as whatever the extractor tripped over.
@@ -225,13 +237,12 @@ pub(crate) async fn extract_layers(
         let name = layer.digest.clone();
         x = match source {
             Source::Registry { reg, from } => {
-                let (mut tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+                let (mut tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
                 let lname = name.clone();
                 let task = tokio::task::spawn_blocking(move || {
                     let r = ChannelReader {
                         rx,
-                        buf: Vec::new(),
-                        pos: 0,
+                        buf: bytes::Bytes::new(),
                     };
                     let res = apply_and_drain(&mut x, &lname, r);
                     (x, res)
@@ -273,6 +284,7 @@ pub(crate) async fn extract_layers(
                 })?;
                 let lname = name.clone();
                 let (xx, res) = tokio::task::spawn_blocking(move || {
+                    let r = io::BufReader::with_capacity(256 << 10, r);
                     let res = apply_and_drain(&mut x, &lname, r);
                     (x, res)
                 })

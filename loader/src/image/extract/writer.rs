@@ -6,23 +6,26 @@
 //! [`CHUNK`] bytes, and [`Op::End`] with the exact mode. The extractor only lets this thread create a file
 //! where nothing can exist yet (in a directory the extractor created, under a name it has not used), and
 //! waits for the queue to drain ([`Writer::barrier`]) before it looks at or changes anything else on disk, so
-//! the order of the layer's entries is kept. The queue holds at most [`QUEUE`] operations, which bounds the
-//! memory in flight. The first error stops the writing and is reported by [`Writer::check`],
-//! [`Writer::barrier`] or [`Writer::finish`].
+//! the order of the layer's entries is kept. Content travels in buffers of [`CHUNK`] bytes that this thread
+//! hands back once written ([`Writer::buffer`]): at most [`BUFFERS`] exist, which bounds the memory in
+//! flight, and a buffer is zeroed once, when it is made, not for every piece. The first error stops the
+//! writing and is reported by [`Writer::check`], [`Writer::barrier`] or [`Writer::finish`].
 
 use std::fs::{File, OpenOptions, Permissions};
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-/// Largest piece of content sent in one message.
-pub(super) const CHUNK: usize = 512 << 10;
-/// Operations queued at most (so at most `QUEUE * CHUNK` bytes wait in memory).
-const QUEUE: usize = 32;
+/// Size of a content buffer (the largest piece sent in one message).
+pub(super) const CHUNK: usize = 256 << 10;
+/// Content buffers at most (so at most `BUFFERS * CHUNK` bytes of content are in memory).
+const BUFFERS: usize = 24;
+/// Operations queued at most.
+const QUEUE: usize = 64;
 
 /// One step of writing the files.
 pub(super) enum Op {
@@ -32,8 +35,8 @@ pub(super) enum Op {
         file: Option<File>,
         mode: u32,
     },
-    /// The next bytes of the current file.
-    Data(Vec<u8>),
+    /// The next bytes of the current file: the first `len` bytes of a buffer from [`Writer::buffer`].
+    Data { buf: Vec<u8>, len: usize },
     /// The current file is complete: set its exact mode (the mode given at creation is filtered by the
     /// umask) and close it.
     End { mode: u32 },
@@ -61,9 +64,15 @@ pub(super) struct Writer {
     tx: Option<SyncSender<Op>>,
     thread: Option<JoinHandle<()>>,
     failure: Arc<Failure>,
+    /// Buffers handed back by the thread.
+    spare: Receiver<Vec<u8>>,
+    /// Buffers made so far.
+    made: usize,
+    /// Buffers taken but not used.
+    unused: Vec<Vec<u8>>,
 }
 
-fn run(rx: &Receiver<Op>, failure: &Failure) {
+fn run(rx: &Receiver<Op>, spare: &Sender<Vec<u8>>, failure: &Failure) {
     let mut current: Option<(File, PathBuf)> = None;
     for op in rx {
         if let Op::Barrier(ack) = op {
@@ -71,6 +80,9 @@ fn run(rx: &Receiver<Op>, failure: &Failure) {
             continue;
         }
         if failure.failed.load(Ordering::Relaxed) {
+            if let Op::Data { buf, .. } = op {
+                let _ = spare.send(buf);
+            }
             continue;
         }
         let res = match op {
@@ -91,10 +103,17 @@ fn run(rx: &Receiver<Op>, failure: &Failure) {
                     Err(e) => Err((path, e)),
                 }
             }
-            Op::Data(data) => match current.as_mut() {
-                Some((f, path)) => f.write_all(&data).map_err(|e| (path.clone(), e)),
-                None => Ok(()),
-            },
+            Op::Data { buf, len } => {
+                let res = match current.as_mut() {
+                    Some((f, path)) => f
+                        .write_all(buf.get(..len).unwrap_or(&buf))
+                        .map_err(|e| (path.clone(), e)),
+                    None => Ok(()),
+                };
+                // The extractor may have stopped waiting for buffers: then this one is just dropped.
+                let _ = spare.send(buf);
+                res
+            }
             Op::End { mode } => match current.take() {
                 Some((f, path)) => f
                     .set_permissions(Permissions::from_mode(mode))
@@ -114,16 +133,41 @@ impl Writer {
     /// Starts the thread.
     pub(super) fn start() -> io::Result<Self> {
         let (tx, rx) = sync_channel::<Op>(QUEUE);
+        let (spare_tx, spare) = channel();
         let failure = Arc::new(Failure::default());
         let f = failure.clone();
         let thread = std::thread::Builder::new()
             .name("kmm-extract-write".into())
-            .spawn(move || run(&rx, &f))?;
+            .spawn(move || run(&rx, &spare_tx, &f))?;
         Ok(Self {
             tx: Some(tx),
             thread: Some(thread),
             failure,
+            spare,
+            made: 0,
+            unused: Vec::new(),
         })
+    }
+
+    /// A content buffer of [`CHUNK`] bytes: one the thread has written and handed back, a new one while fewer
+    /// than [`BUFFERS`] exist, else the next one the thread hands back (waiting for it).
+    pub(super) fn buffer(&mut self) -> Result<Vec<u8>, (PathBuf, io::Error)> {
+        if let Some(buf) = self.unused.pop() {
+            return Ok(buf);
+        }
+        if let Ok(buf) = self.spare.try_recv() {
+            return Ok(buf);
+        }
+        if self.made < BUFFERS {
+            self.made += 1;
+            return Ok(vec![0; CHUNK]);
+        }
+        self.spare.recv().map_err(|_| Self::gone())
+    }
+
+    /// Returns a buffer from [`Writer::buffer`] that was not sent.
+    pub(super) fn unused(&mut self, buf: Vec<u8>) {
+        self.unused.push(buf);
     }
 
     fn gone() -> (PathBuf, io::Error) {
