@@ -50,7 +50,8 @@ pub struct Args {
     /// Time allowed for in-flight requests after SIGTERM.
     #[arg(long, env = "KMM_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
-    /// Time a client gets for the TLS handshake, and then for each request head (slow clients are dropped).
+    /// Time a client gets for the TLS handshake, and then for each request from its first byte to its answer (slow
+    /// clients are dropped).
     #[arg(long, env = "KMM_CLIENT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub client_timeout: Duration,
     /// Log format.
@@ -221,7 +222,7 @@ pub async fn run(args: Args) -> Result<(), RunError> {
     let opts = ServeOptions {
         drain_timeout: args.drain_timeout,
         handshake_timeout: args.client_timeout,
-        header_read_timeout: args.client_timeout,
+        request_timeout: args.client_timeout,
     };
     let drained = serve_tls(listener, acceptor, admission(state), shutdown, opts).await;
     let _ = health_task.await;

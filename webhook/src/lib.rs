@@ -2,9 +2,9 @@
 //!
 //! How the parts fit, from the wire inwards:
 //! - [`server`] accepts TLS connections ([`tls`]: rustls with a certificate resolver that reloads on change) and
-//!   serves HTTP/1.1 and HTTP/2 with hyper-util; [`health`] serves `/healthz`, `/readyz` and `/metrics` in plain
+//!   serves HTTP/1.1 and HTTP/2 with hyper-util, closing connections whose request is too slow; [`health`] serves `/healthz`, `/readyz` and `/metrics` in plain
 //!   HTTP on a separate port; [`watch`] carries the shutdown signal and the reload-on-change loop.
-//! - [`router`] maps paths to [`admit::Endpoint`]s, enforces the body limit and the request timeout, logs and
+//! - [`router`] maps paths to [`admit::Endpoint`]s, enforces the body limit, logs and
 //!   counts each request ([`metrics`]).
 //! - [`review`] parses the `AdmissionReview` and writes the answer; [`admit`] dispatches on the endpoint to pure
 //!   handlers: [`validate`] (Module, ManagedClusterModule, Namespace, with kmm-api's rules) and [`mutate`] (Pods).

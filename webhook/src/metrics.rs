@@ -22,6 +22,11 @@ pub struct EndpointLabels {
     pub endpoint: String,
 }
 
+/// The endpoints and verdicts whose series exist from the start (and are counted without a label lookup).
+pub const ENDPOINTS: [&str; 4] = ["module", "managedclustermodule", "namespace", "pod"];
+/// See [`ENDPOINTS`].
+pub const VERDICTS: [&str; 4] = ["allowed", "patched", "denied", "error"];
+
 /// Every metric, registered once.
 #[derive(Debug)]
 pub struct Metrics {
@@ -34,6 +39,10 @@ pub struct Metrics {
     pub cert_reloads: Counter,
     /// TLS certificate reloads that failed (the previous certificate stays).
     pub cert_reload_errors: Counter,
+    /// The series of `requests` for [`ENDPOINTS`] x [`VERDICTS`], resolved once.
+    known_requests: Vec<Counter>,
+    /// The series of `latency` for [`ENDPOINTS`], resolved once.
+    known_latency: Vec<Histogram>,
 }
 
 impl Default for Metrics {
@@ -72,17 +81,54 @@ impl Metrics {
             "TLS certificate reloads that failed (the previous certificate stays)",
             cert_reload_errors.clone(),
         );
+        // A counter or histogram handle shares its value with the family's series.
+        let known_requests = ENDPOINTS
+            .iter()
+            .flat_map(|e| VERDICTS.iter().map(move |v| (e, v)))
+            .map(|(e, v)| {
+                requests
+                    .get_or_create(&RequestLabels {
+                        endpoint: (*e).to_owned(),
+                        verdict: (*v).to_owned(),
+                    })
+                    .clone()
+            })
+            .collect();
+        let known_latency = ENDPOINTS
+            .iter()
+            .map(|e| {
+                latency
+                    .get_or_create(&EndpointLabels {
+                        endpoint: (*e).to_owned(),
+                    })
+                    .clone()
+            })
+            .collect();
         Self {
             registry,
             requests,
             latency,
             cert_reloads,
             cert_reload_errors,
+            known_requests,
+            known_latency,
         }
     }
 
     /// Counts one request.
     pub fn observe(&self, endpoint: &str, verdict: &str, seconds: f64) {
+        let e = ENDPOINTS.iter().position(|k| *k == endpoint);
+        let v = VERDICTS.iter().position(|k| *k == verdict);
+        if let (Some(e), Some(v)) = (e, v)
+            && let (Some(c), Some(h)) = (
+                self.known_requests.get(e * VERDICTS.len() + v),
+                self.known_latency.get(e),
+            )
+        {
+            c.inc();
+            h.observe(seconds);
+            return;
+        }
         self.requests
             .get_or_create(&RequestLabels {
                 endpoint: endpoint.to_owned(),
@@ -102,5 +148,31 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn known_and_other_series_are_counted_and_exposed() {
+        let m = Metrics::new();
+        m.observe("pod", "patched", 0.001);
+        m.observe("pod", "patched", 0.002);
+        m.observe("module", "denied", 0.5);
+        m.observe("other", "odd", 0.1);
+        let text = m.encode();
+        for line in [
+            r#"kmm_webhook_admission_requests_total{endpoint="pod",verdict="patched"} 2"#,
+            r#"kmm_webhook_admission_requests_total{endpoint="module",verdict="denied"} 1"#,
+            r#"kmm_webhook_admission_requests_total{endpoint="namespace",verdict="allowed"} 0"#,
+            r#"kmm_webhook_admission_requests_total{endpoint="other",verdict="odd"} 1"#,
+            r#"kmm_webhook_admission_duration_seconds_count{endpoint="pod"} 2"#,
+            r#"kmm_webhook_admission_duration_seconds_count{endpoint="other"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
     }
 }

@@ -27,8 +27,8 @@
 
 mod affinity;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
 
 use json_patch::jsonptr::PointerBuf;
 use k8s_openapi::api::core::v1::{
@@ -118,6 +118,8 @@ pub struct MutateConfig {
     pub loader_image: String,
     /// Timeout passed to `kmm-loader wait`.
     pub wait_timeout: String,
+    /// What the mutation derives from each Module, shared by the clones of this config.
+    prepared: Arc<PreparedCache>,
 }
 
 impl MutateConfig {
@@ -126,7 +128,95 @@ impl MutateConfig {
         Self {
             loader_image: loader_image.into(),
             wait_timeout: "300s".to_owned(),
+            prepared: Arc::default(),
         }
+    }
+}
+
+/// What the mutation derives from one Module object and the config: the same for every pod, so computed once.
+#[derive(Debug)]
+struct Prepared {
+    /// The Module it was derived from (held, so its address stays unique while cached).
+    module: Arc<Module>,
+    /// The config it was built with.
+    loader_image: String,
+    wait_timeout: String,
+    /// [`targetable`].
+    targetable: Result<(), String>,
+    /// The extended resource the Module advertises, if it has a device section.
+    resource: Option<String>,
+    /// The node requirements, and each as JSON text.
+    reqs: Vec<NodeSelectorRequirement>,
+    reqs_json: Vec<String>,
+    /// `kmm-wait-<name>`, and the init container with that name as JSON text (none when no kmod is named).
+    short_name: String,
+    wait_json: Option<String>,
+}
+
+impl Prepared {
+    fn new(m: &Arc<Module>, cfg: &MutateConfig) -> Prepared {
+        let reqs = requirements(m);
+        let reqs_json = reqs.iter().map(to_json_text).collect();
+        let short_name = container_name(&[m.name_or_empty()]);
+        let wait_json = wait_container(m, short_name.clone(), cfg).map(|c| to_json_text(&c));
+        Prepared {
+            module: Arc::clone(m),
+            loader_image: cfg.loader_image.clone(),
+            wait_timeout: cfg.wait_timeout.clone(),
+            targetable: targetable(m),
+            resource: m.spec.devices.as_ref().map(|d| {
+                devices::resource_name(m.namespace_or_empty(), m.name_or_empty(), Some(d))
+            }),
+            reqs,
+            reqs_json,
+            short_name,
+            wait_json,
+        }
+    }
+}
+
+/// [`Prepared`] Modules by the address of the catalog's `Arc<Module>`: a Module changed in the catalog is a new
+/// `Arc`, hence a new entry. Stale entries are dropped when the cache outgrows [`PREPARED_MAX`].
+#[derive(Debug, Default)]
+struct PreparedCache {
+    map: RwLock<HashMap<usize, Arc<Prepared>>>,
+}
+
+/// Entries kept before the cache is emptied (far above any cluster's number of Modules).
+const PREPARED_MAX: usize = 4096;
+
+impl PreparedCache {
+    fn get(&self, m: &Arc<Module>, cfg: &MutateConfig) -> Arc<Prepared> {
+        let key = Arc::as_ptr(m) as usize;
+        let fresh = |p: &Prepared| {
+            Arc::ptr_eq(&p.module, m)
+                && p.loader_image == cfg.loader_image
+                && p.wait_timeout == cfg.wait_timeout
+        };
+        if let Ok(map) = self.map.read()
+            && let Some(p) = map.get(&key)
+            && fresh(p)
+        {
+            return Arc::clone(p);
+        }
+        let p = Arc::new(Prepared::new(m, cfg));
+        if let Ok(mut map) = self.map.write() {
+            if map.len() >= PREPARED_MAX {
+                map.clear();
+            }
+            map.insert(key, Arc::clone(&p));
+        }
+        p
+    }
+}
+
+/// JSON text of a value that always serialises (k8s-openapi types, strings).
+fn to_json_text(value: &impl Serialize) -> String {
+    let mut buf = Vec::with_capacity(512);
+    match serde_json::to_writer(&mut buf, value) {
+        // serde_json writes UTF-8.
+        Ok(()) => String::from_utf8(buf).unwrap_or_else(|_| "null".to_owned()),
+        Err(_) => "null".to_owned(),
     }
 }
 
@@ -174,24 +264,35 @@ pub enum Denial {
     NoSpec,
 }
 
-fn key(m: &Module) -> (String, String) {
-    (
-        m.namespace_or_empty().to_owned(),
-        m.name_or_empty().to_owned(),
-    )
-}
-
 /// The Modules a pod needs, in a stable order (annotation order, then containers' resources), without duplicates.
 pub fn needed_modules(
     pod: &PodView,
     namespace: &str,
     catalog: &dyn Catalog,
 ) -> Result<Vec<Arc<Module>>, Denial> {
-    let mut out: Vec<Arc<Module>> = Vec::new();
-    let mut seen = BTreeSet::new();
-    let mut push = |m: Arc<Module>, out: &mut Vec<Arc<Module>>| {
-        if seen.insert(key(&m)) {
-            out.push(m);
+    let cfg = MutateConfig::new("");
+    Ok(needed(pod, namespace, catalog, &cfg)?
+        .into_iter()
+        .map(|p| Arc::clone(&p.module))
+        .collect())
+}
+
+/// [`needed_modules`], prepared.
+fn needed(
+    pod: &PodView,
+    namespace: &str,
+    catalog: &dyn Catalog,
+    cfg: &MutateConfig,
+) -> Result<Vec<Arc<Prepared>>, Denial> {
+    let mut out: Vec<Arc<Prepared>> = Vec::new();
+    let push = |m: &Arc<Module>, out: &mut Vec<Arc<Prepared>>| {
+        let same = |p: &Arc<Prepared>| {
+            Arc::ptr_eq(&p.module, m)
+                || (p.module.namespace_or_empty() == m.namespace_or_empty()
+                    && p.module.name_or_empty() == m.name_or_empty())
+        };
+        if !out.iter().any(same) {
+            out.push(cfg.prepared.get(m, cfg));
         }
     };
 
@@ -221,34 +322,31 @@ pub fn needed_modules(
             name: name.to_owned(),
             origin: format!("annotation {POD_MODULES_ANNOTATION}"),
         })?;
-        push(m, &mut out);
+        push(&m, &mut out);
     }
 
     let resources = requested_resources(pod);
     if resources.is_empty() {
         return Ok(out);
     }
-    let all = catalog.all();
+    let all: Vec<Arc<Prepared>> = catalog
+        .all()
+        .iter()
+        .map(|m| cfg.prepared.get(m, cfg))
+        .collect();
     for resource in resources {
-        let advertisers: Vec<&Arc<Module>> = all
+        let advertisers: Vec<&Arc<Prepared>> = all
             .iter()
-            .filter(|m| {
-                m.spec.devices.is_some()
-                    && devices::resource_name(
-                        m.namespace_or_empty(),
-                        m.name_or_empty(),
-                        m.spec.devices.as_ref(),
-                    ) == resource
-            })
+            .filter(|p| p.resource.as_deref() == Some(resource))
             .collect();
-        let local: Vec<&Arc<Module>> = advertisers
+        let local: Vec<&Arc<Prepared>> = advertisers
             .iter()
             .copied()
-            .filter(|m| m.namespace_or_empty() == namespace)
+            .filter(|p| p.module.namespace_or_empty() == namespace)
             .collect();
         let chosen = if local.is_empty() { advertisers } else { local };
         match chosen.as_slice() {
-            [m] => push(Arc::clone(m), &mut out),
+            [p] => push(&p.module, &mut out),
             [] => {
                 // The default name `kmm.sigs.x-k8s.io/<ns>.<name>` names its Module (namespaces have no dots).
                 let Some(rest) = resource
@@ -265,14 +363,20 @@ pub fn needed_modules(
                     name: name.to_owned(),
                     origin: format!("requested resource {resource}"),
                 })?;
-                push(m, &mut out);
+                push(&m, &mut out);
             }
             many => {
                 return Err(Denial::AmbiguousResource {
-                    resource,
+                    resource: resource.to_owned(),
                     modules: many
                         .iter()
-                        .map(|m| format!("{}/{}", m.namespace_or_empty(), m.name_or_empty()))
+                        .map(|p| {
+                            format!(
+                                "{}/{}",
+                                p.module.namespace_or_empty(),
+                                p.module.name_or_empty()
+                            )
+                        })
                         .collect::<Vec<_>>()
                         .join(", "),
                 });
@@ -282,19 +386,24 @@ pub fn needed_modules(
     Ok(out)
 }
 
-/// Extended resources (names with a `/`) requested or limited by any container or init container.
-fn requested_resources(pod: &PodView) -> BTreeSet<String> {
+/// Extended resources (names with a `/`) requested or limited by any container or init container, sorted, without
+/// duplicates.
+fn requested_resources(pod: &PodView) -> Vec<&str> {
     let Some(spec) = &pod.spec else {
-        return BTreeSet::new();
+        return Vec::new();
     };
-    spec.containers
+    let mut names: Vec<&str> = spec
+        .containers
         .iter()
         .chain(spec.init_containers.iter().flatten())
         .filter_map(|c| c.resources.as_ref())
         .flat_map(|r| r.requests.iter().flatten().chain(r.limits.iter().flatten()))
-        .map(|(k, _)| k.clone())
+        .map(|(k, _)| k.as_str())
         .filter(|k| k.contains('/'))
-        .collect()
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
 }
 
 /// Whether a Module can ever target a node (see the module docs for the rule).
@@ -453,12 +562,14 @@ pub struct AddOp {
 impl AddOp {
     /// An `add` of `value` at `path`.
     pub fn new(path: PointerBuf, value: &impl Serialize) -> AddOp {
-        let mut buf = Vec::with_capacity(1024);
-        // k8s-openapi types, Vecs of them and plain values always serialise, and serde_json writes UTF-8.
-        let value = match serde_json::to_writer(&mut buf, value) {
-            Ok(()) => String::from_utf8(buf).unwrap_or_else(|_| "null".to_owned()),
-            Err(_) => "null".to_owned(),
-        };
+        AddOp {
+            path,
+            value: to_json_text(value),
+        }
+    }
+
+    /// An `add` of a value given as JSON text (written by serde_json from a value of the right type).
+    fn raw(path: PointerBuf, value: String) -> AddOp {
         AddOp { path, value }
     }
 }
@@ -518,58 +629,82 @@ pub fn mutate_pod(
     catalog: &dyn Catalog,
     cfg: &MutateConfig,
 ) -> Result<Patch, Denial> {
-    let modules = needed_modules(pod, namespace, catalog)?;
+    let modules = needed(pod, namespace, catalog, cfg)?;
     if modules.is_empty() {
         return Ok(Patch(Vec::new()));
     }
     let spec = pod.spec.as_ref().ok_or(Denial::NoSpec)?;
-    for m in &modules {
-        targetable(m).map_err(|reason| Denial::Untargetable {
-            namespace: m.namespace_or_empty().to_owned(),
-            name: m.name_or_empty().to_owned(),
-            reason,
-        })?;
+    for p in &modules {
+        p.targetable
+            .clone()
+            .map_err(|reason| Denial::Untargetable {
+                namespace: p.module.namespace_or_empty().to_owned(),
+                name: p.module.name_or_empty().to_owned(),
+                reason,
+            })?;
     }
 
-    let reqs: Vec<NodeSelectorRequirement> = modules.iter().flat_map(|m| requirements(m)).collect();
+    let reqs: Vec<(&NodeSelectorRequirement, &str)> = modules
+        .iter()
+        .flat_map(|p| p.reqs.iter().zip(p.reqs_json.iter().map(String::as_str)))
+        .collect();
     let mut ops = affinity::ops(spec.affinity.as_ref(), &reqs);
 
     // Container names: kmm-wait-<name>, or kmm-wait-<ns>-<name> when two Modules share a name.
-    let existing: BTreeSet<&str> = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .chain(spec.containers.iter())
-        .map(|c: &ContainerView| c.name.as_str())
-        .collect();
-    let mut names = BTreeSet::new();
-    let mut new_containers = Vec::new();
-    for m in &modules {
-        let short = container_name(&[m.name_or_empty()]);
-        let name = if names.contains(&short) {
-            container_name(&[m.namespace_or_empty(), m.name_or_empty()])
-        } else {
-            short
-        };
-        names.insert(name.clone());
-        if existing.contains(name.as_str()) {
+    let existing = |name: &str| {
+        spec.init_containers
+            .iter()
+            .flatten()
+            .chain(spec.containers.iter())
+            .any(|c: &ContainerView| c.name == name)
+    };
+    let mut names: Vec<String> = Vec::with_capacity(modules.len());
+    let mut new_containers: Vec<String> = Vec::new();
+    for p in &modules {
+        let short = names
+            .contains(&p.short_name)
+            .then(|| container_name(&[p.module.namespace_or_empty(), p.module.name_or_empty()]));
+        let name = short.as_ref().unwrap_or(&p.short_name);
+        names.push(name.clone());
+        if existing(name) {
             continue;
         }
-        if let Some(c) = wait_container(m, name, cfg) {
-            new_containers.push(c);
-        }
+        let json = match &short {
+            None => p.wait_json.clone(),
+            Some(long) => wait_container(&p.module, long.clone(), cfg).map(|c| to_json_text(&c)),
+        };
+        new_containers.extend(json);
     }
-    let base = PointerBuf::from_tokens(["spec", "initContainers"]);
     match &spec.init_containers {
         Some(list) if !list.is_empty() => {
             for (i, c) in new_containers.into_iter().enumerate() {
-                ops.push(AddOp::new(base.with_trailing_token(i), &c));
+                let path =
+                    PointerBuf::from_tokens(["spec", "initContainers"]).with_trailing_token(i);
+                ops.push(AddOp::raw(path, c));
             }
         }
-        _ if !new_containers.is_empty() => ops.push(AddOp::new(base, &new_containers)),
+        _ if !new_containers.is_empty() => {
+            let path = PointerBuf::from_tokens(["spec", "initContainers"]);
+            ops.push(AddOp::raw(path, json_array(&new_containers)));
+        }
         _ => {}
     }
     Ok(Patch(ops))
+}
+
+/// A JSON array of values given as JSON text.
+fn json_array<S: AsRef<str>>(items: &[S]) -> String {
+    let len: usize = items.iter().map(|i| i.as_ref().len() + 1).sum();
+    let mut out = String::with_capacity(len + 2);
+    out.push('[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(item.as_ref());
+    }
+    out.push(']');
+    out
 }
 
 #[cfg(test)]

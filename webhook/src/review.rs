@@ -6,7 +6,6 @@
 //! The response is written by hand: the patch is base64 (kube's `AdmissionResponse` serialises it as an array of
 //! numbers, kube-rs issue 1781).
 
-use base64::Engine as _;
 use std::borrow::Cow;
 use std::collections::HashMap;
 
@@ -247,7 +246,9 @@ fn raw_object(raw: Option<&RawValue>, key: &str) -> Result<Option<Box<RawValue>>
 /// anything else (not JSON, wrong types, an object that is not a `T`, ...), and the caller then goes through
 /// [`parse`] and its precise errors. The returned request has no raw `object`.
 pub fn parse_as<T: serde::de::DeserializeOwned>(body: &[u8]) -> Option<(Request, Option<T>)> {
-    let envelope = serde_json::from_slice::<Envelope<'_, T>>(body).ok()?;
+    // UTF-8 is checked once for the whole body: serde_json's slice reader checks every string again.
+    let text = std::str::from_utf8(body).ok()?;
+    let envelope = serde_json::from_str::<Envelope<'_, T>>(text).ok()?;
     envelope.request.as_ref()?;
     check(envelope).ok()
 }
@@ -421,15 +422,8 @@ pub fn response(uid: &str, verdict: &Verdict) -> Vec<u8> {
     }
     if let Some(patch) = patch {
         out.extend_from_slice(b",\"patchType\":\"JSONPatch\",\"patch\":\"");
-        let start = out.len();
-        out.resize(
-            start + base64::encoded_len(patch.len(), true).unwrap_or(0),
-            0,
-        );
-        let written = base64::engine::general_purpose::STANDARD
-            .encode_slice(&patch, &mut out[start..])
-            .unwrap_or(0);
-        out.truncate(start + written);
+        // SIMD base64: a fifth of the cost of the base64 crate's engine on a 1 KiB patch (callgrind).
+        base64_simd::STANDARD.encode_append(&patch, &mut out);
         out.push(b'"');
     }
     out.extend_from_slice(b"}}");
@@ -444,6 +438,7 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use base64::Engine as _;
     use serde_json::{Value, json};
 
     use super::*;

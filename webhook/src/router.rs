@@ -1,16 +1,15 @@
 //! The HTTP routes of the admission port, and the plain-HTTP health routes.
 //!
 //! Every admission path takes POST with an AdmissionReview body (at most [`BODY_LIMIT`]; larger bodies get 413, like
-//! the API server's own limit), read and answered within [`REQUEST_TIMEOUT`] (408 otherwise). Query strings (the API
-//! server appends `?timeout=10s`) are ignored.
+//! the API server's own limit). Query strings (the API server appends `?timeout=10s`) are ignored. The time a client
+//! gets to send a request is enforced per connection by [`crate::server`].
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::middleware::{self, Next};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http::StatusCode;
@@ -20,8 +19,6 @@ use crate::metrics::Metrics;
 
 /// Largest accepted body: 3 MiB, the API server's request limit.
 pub const BODY_LIMIT: usize = 3 * 1024 * 1024;
-/// Time allowed to read the body and answer.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Shared by every request.
 #[derive(Clone)]
@@ -46,18 +43,6 @@ pub fn admission(state: AppState) -> Router {
     router
         .with_state(state)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(middleware::from_fn(timeout))
-}
-
-async fn timeout(req: Request, next: Next) -> Response {
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
-        Ok(resp) => resp,
-        Err(_) => (
-            StatusCode::REQUEST_TIMEOUT,
-            "request not read and answered in time\n",
-        )
-            .into_response(),
-    }
 }
 
 async fn review(endpoint: Endpoint, state: AppState, body: Bytes) -> Response {

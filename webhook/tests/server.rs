@@ -490,6 +490,57 @@ async fn limits_and_slow_clients() {
         "{waited:?}"
     );
 
+    // A TLS client that sends a whole head and then trickles its body is dropped too, while a keep-alive connection
+    // that answered a request and then sits idle for longer than the timeout is kept.
+    let mut idle = h1(tls(wh.https, Arc::clone(&cfg)).await.unwrap()).await;
+    assert_eq!(
+        send(&mut idle, "/mutate-pod", review("before-idle"))
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+    let mut stream = tls(wh.https, Arc::clone(&cfg)).await.unwrap();
+    stream
+        .write_all(
+            b"POST /mutate-pod HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 400\r\n\r\n{\"apiVersion\"",
+        )
+        .await
+        .unwrap();
+    stream.flush().await.unwrap();
+    let start = Instant::now();
+    let trickle = async {
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if stream.write_all(b" ").await.is_err() || stream.flush().await.is_err() {
+                break;
+            }
+        }
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest).await;
+        rest
+    };
+    let rest = tokio::time::timeout(Duration::from_secs(6), trickle)
+        .await
+        .unwrap();
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
+        "{waited:?}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("\"allowed\""),
+        "answered a request whose body never came"
+    );
+    assert_eq!(
+        send(&mut idle, "/mutate-pod", review("after-idle"))
+            .await
+            .unwrap()
+            .0,
+        200,
+        "idle keep-alive connection was closed"
+    );
+
     // The server still answers.
     let mut sender = h1(tls(wh.https, cfg).await.unwrap()).await;
     assert_eq!(

@@ -5,11 +5,9 @@
 //! `/` or `~` in a token is escaped (`~1`, `~0`) as RFC 6901 requires.
 
 use json_patch::jsonptr::PointerBuf;
-use k8s_openapi::api::core::v1::{
-    Affinity, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
-};
+use k8s_openapi::api::core::v1::{Affinity, NodeSelectorRequirement};
 
-use super::AddOp;
+use super::{AddOp, json_array};
 
 fn same(a: &NodeSelectorRequirement, b: &NodeSelectorRequirement) -> bool {
     let norm = |r: &NodeSelectorRequirement| {
@@ -20,48 +18,50 @@ fn same(a: &NodeSelectorRequirement, b: &NodeSelectorRequirement) -> bool {
     a.key == b.key && a.operator == b.operator && norm(a) == norm(b)
 }
 
-/// Operations making every required term contain every requirement in `reqs`.
-pub(super) fn ops(affinity: Option<&Affinity>, reqs: &[NodeSelectorRequirement]) -> Vec<AddOp> {
+/// Operations making every required term contain every requirement in `reqs` (each with its JSON text). Values
+/// are written as text; the test `written_values_equal_their_serde_form` checks them against k8s-openapi's.
+pub(super) fn ops(
+    affinity: Option<&Affinity>,
+    reqs: &[(&NodeSelectorRequirement, &str)],
+) -> Vec<AddOp> {
     if reqs.is_empty() {
         return Vec::new();
     }
-    let term = || NodeSelectorTerm {
-        match_expressions: Some(reqs.to_vec()),
-        match_fields: None,
-    };
-    let required = || NodeSelector {
-        node_selector_terms: vec![term()],
-    };
-    let node_affinity = || NodeAffinity {
-        required_during_scheduling_ignored_during_execution: Some(required()),
-        preferred_during_scheduling_ignored_during_execution: None,
+    let texts: Vec<&str> = reqs.iter().map(|(_, json)| *json).collect();
+    let term = || format!("{{\"matchExpressions\":{}}}", json_array(&texts));
+    let required = || format!("{{\"nodeSelectorTerms\":[{}]}}", term());
+    let node_affinity = || {
+        format!(
+            "{{\"requiredDuringSchedulingIgnoredDuringExecution\":{}}}",
+            required()
+        )
     };
     let mut path = PointerBuf::from_tokens(["spec", "affinity"]);
     let Some(affinity) = affinity else {
-        let whole = Affinity {
-            node_affinity: Some(node_affinity()),
-            ..Affinity::default()
-        };
-        return vec![AddOp::new(path, &whole)];
+        return vec![AddOp::raw(
+            path,
+            format!("{{\"nodeAffinity\":{}}}", node_affinity()),
+        )];
     };
     path.push_back("nodeAffinity");
     let Some(existing) = &affinity.node_affinity else {
-        return vec![AddOp::new(path, &node_affinity())];
+        return vec![AddOp::raw(path, node_affinity())];
     };
     path.push_back("requiredDuringSchedulingIgnoredDuringExecution");
     let Some(selector) = &existing.required_during_scheduling_ignored_during_execution else {
-        return vec![AddOp::new(path, &required())];
+        return vec![AddOp::raw(path, required())];
     };
     path.push_back("nodeSelectorTerms");
     if selector.node_selector_terms.is_empty() {
-        return vec![AddOp::new(path, &[term()])];
+        return vec![AddOp::raw(path, format!("[{}]", term()))];
     }
     let mut out = Vec::new();
     for (i, term) in selector.node_selector_terms.iter().enumerate() {
         let have = term.match_expressions.as_deref().unwrap_or_default();
-        let missing: Vec<&NodeSelectorRequirement> = reqs
+        let missing: Vec<&str> = reqs
             .iter()
-            .filter(|r| !have.iter().any(|h| same(h, r)))
+            .filter(|(r, _)| !have.iter().any(|h| same(h, r)))
+            .map(|(_, json)| *json)
             .collect();
         if missing.is_empty() {
             continue;
@@ -70,10 +70,10 @@ pub(super) fn ops(affinity: Option<&Affinity>, reqs: &[NodeSelectorRequirement])
             .with_trailing_token(i)
             .with_trailing_token("matchExpressions");
         if term.match_expressions.is_none() {
-            out.push(AddOp::new(term_path, &missing));
+            out.push(AddOp::raw(term_path, json_array(&missing)));
         } else {
             for m in missing {
-                out.push(AddOp::new(term_path.with_trailing_token("-"), m));
+                out.push(AddOp::raw(term_path.with_trailing_token("-"), m.to_owned()));
             }
         }
     }
@@ -84,6 +84,130 @@ pub(super) fn ops(affinity: Option<&Affinity>, reqs: &[NodeSelectorRequirement])
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+
+    use k8s_openapi::api::core::v1::{NodeAffinity, NodeSelector, NodeSelectorTerm};
+    use serde_json::Value;
+
+    fn req(key: &str, op: &str, values: Option<Vec<&str>>) -> NodeSelectorRequirement {
+        NodeSelectorRequirement {
+            key: key.to_owned(),
+            operator: op.to_owned(),
+            values: values.map(|v| v.into_iter().map(str::to_owned).collect()),
+        }
+    }
+
+    /// The values written as text parse to exactly what serde_json writes for the k8s-openapi objects, for every
+    /// shape of existing affinity.
+    #[test]
+    fn written_values_equal_their_serde_form() {
+        let reqs = [
+            req("kmm.node.kubernetes.io/a.b.ready", "Exists", None),
+            req(
+                "kmm.node.kubernetes.io/a.b.version.ready",
+                "In",
+                Some(vec!["1.0"]),
+            ),
+        ];
+        let texts: Vec<String> = reqs
+            .iter()
+            .map(|r| serde_json::to_string(r).unwrap())
+            .collect();
+        let pairs: Vec<(&NodeSelectorRequirement, &str)> =
+            reqs.iter().zip(texts.iter().map(String::as_str)).collect();
+        let term = NodeSelectorTerm {
+            match_expressions: Some(reqs.to_vec()),
+            match_fields: None,
+        };
+        let required = NodeSelector {
+            node_selector_terms: vec![term.clone()],
+        };
+        let node_affinity = NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(required.clone()),
+            preferred_during_scheduling_ignored_during_execution: None,
+        };
+        let with = |na: Option<NodeAffinity>| Affinity {
+            node_affinity: na,
+            ..Affinity::default()
+        };
+        let other_term = NodeSelectorTerm {
+            match_expressions: Some(vec![req("zone", "In", Some(vec!["a"]))]),
+            match_fields: None,
+        };
+        let fields_only = NodeSelectorTerm {
+            match_expressions: None,
+            match_fields: Some(vec![req("metadata.name", "In", Some(vec!["n1"]))]),
+        };
+        let selector = |terms: Vec<NodeSelectorTerm>| {
+            with(Some(NodeAffinity {
+                required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                    node_selector_terms: terms,
+                }),
+                preferred_during_scheduling_ignored_during_execution: None,
+            }))
+        };
+        type Case<'a> = (Option<Affinity>, Vec<(&'a str, Value)>);
+        let cases: Vec<Case<'_>> = vec![
+            (
+                None,
+                vec![("/spec/affinity", sv(&with(Some(node_affinity.clone()))))],
+            ),
+            (
+                Some(Affinity::default()),
+                vec![("/spec/affinity/nodeAffinity", sv(&node_affinity))],
+            ),
+            (
+                Some(with(Some(NodeAffinity::default()))),
+                vec![(
+                    "/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution",
+                    sv(&required),
+                )],
+            ),
+            (
+                Some(selector(Vec::new())),
+                vec![(
+                    "/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms",
+                    sv(&vec![term.clone()]),
+                )],
+            ),
+            (
+                Some(selector(vec![fields_only, other_term])),
+                vec![
+                    (
+                        "/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms/0/matchExpressions",
+                        sv(&reqs.to_vec()),
+                    ),
+                    (
+                        "/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms/1/matchExpressions/-",
+                        sv(&reqs[0]),
+                    ),
+                    (
+                        "/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms/1/matchExpressions/-",
+                        sv(&reqs[1]),
+                    ),
+                ],
+            ),
+        ];
+        for (affinity, want) in cases {
+            let got: Vec<(String, Value)> = ops(affinity.as_ref(), &pairs)
+                .into_iter()
+                .map(|op| {
+                    (
+                        op.path.as_str().to_owned(),
+                        serde_json::from_str(&op.value).unwrap(),
+                    )
+                })
+                .collect();
+            let want: Vec<(String, Value)> =
+                want.into_iter().map(|(p, v)| (p.to_owned(), v)).collect();
+            assert_eq!(got, want, "{affinity:?}");
+        }
+        // A term that already has everything gets nothing.
+        assert!(ops(Some(&selector(vec![term])), &pairs).is_empty());
+    }
+
+    fn sv<T: serde::Serialize>(v: &T) -> Value {
+        serde_json::to_value(v).unwrap()
+    }
 
     #[test]
     fn tokens_with_slashes_are_escaped() {

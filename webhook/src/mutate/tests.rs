@@ -454,3 +454,40 @@ fn container_names_are_dns_labels_of_at_most_63() {
     );
     assert!(!container_name(&[&format!("{}.x", "a".repeat(53))]).ends_with('-'));
 }
+
+/// The per-Module cache follows the catalog: a changed Module (a new object under the same name) and another
+/// config give a new patch, not the one derived earlier; one config shared by many catalogs stays bounded.
+#[test]
+fn prepared_modules_follow_module_changes_and_config() {
+    let shared = cfg();
+    let p: PodView = serde_json::from_value(pod(
+        json!({"metadata": {"annotations": {POD_MODULES_ANNOTATION: "versioned"}}}),
+    ))
+    .unwrap();
+    let text = |cat: &StaticCatalog, cfg: &MutateConfig| {
+        String::from_utf8(mutate_pod(&p, "team", cat, cfg).unwrap().to_json()).unwrap()
+    };
+    let v1 = StaticCatalog::new([loader_module("team", "versioned", Some("1.0"))]);
+    let first = text(&v1, &shared);
+    assert!(first.contains(r#""--version","1.0""#), "{first}");
+    assert_eq!(text(&v1, &shared), first);
+    let v2 = StaticCatalog::new([loader_module("team", "versioned", Some("2.0"))]);
+    let second = text(&v2, &shared);
+    assert!(second.contains(r#""--version","2.0""#), "{second}");
+    assert!(second.contains(r#""values":["2.0"]"#), "{second}");
+    assert!(!second.contains("1.0"), "{second}");
+    // Same Module objects, other config (clones share the cache).
+    let mut other = shared.clone();
+    other.loader_image = "mirror.example/kmm-loader:0.2".to_owned();
+    other.wait_timeout = "60s".to_owned();
+    let third = text(&v2, &other);
+    assert!(third.contains("mirror.example/kmm-loader:0.2"), "{third}");
+    assert!(third.contains(r#""--timeout","60s""#), "{third}");
+    assert!(text(&v2, &shared).contains("registry.example/kmm-loader:0.1"));
+    for _ in 0..(PREPARED_MAX + 10) {
+        let cat = StaticCatalog::new([loader_module("team", "versioned", Some("3.0"))]);
+        assert!(text(&cat, &shared).contains(r#""values":["3.0"]"#));
+    }
+    let len = shared.prepared.map.read().unwrap().len();
+    assert!(len <= PREPARED_MAX, "{len}");
+}
