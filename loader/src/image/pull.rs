@@ -1,9 +1,22 @@
 //! Pull: resolve an image (registry with mirrors, or an OCI layout), stream every layer through digest
 //! verification into the safe extractor, and commit the tree atomically.
 //!
-//! The tree is built in a temporary sibling directory, flushed to disk (`syncfs`) and renamed into place at
-//! the end (exchanged with an older tree when one exists), so a crash never leaves a half tree at the target.
-//! `.kmm-image.json` in the tree records what it holds; a second pull of the same digest downloads nothing.
+//! The tree is built in a temporary sibling directory and renamed into place at the end (exchanged with an
+//! older tree when one exists), so a crash never leaves a half tree at the target. `.kmm-image.json` in the
+//! tree records what it holds; a second pull of the same digest downloads nothing.
+//!
+//! Durability without waiting for the disk: the pull does not flush the tree before the rename. Instead the
+//! metadata records the boot it was written in (`unsynced_boot`, from `/proc/sys/kernel/random/boot_id`),
+//! and a tree is only used
+//! - in the same boot: the page cache holds everything written, and a crashed process cannot lose any of
+//!   it, so a renamed tree is complete;
+//! - or once it is known to be on disk: a later pull that finds the tree (same boot) flushes it (`syncfs`,
+//!   mostly done by the kernel's writeback by then) and rewrites the metadata without `unsynced_boot`.
+//!
+//! A tree from an earlier boot that was never flushed (the machine crashed or rebooted in between) does not
+//! match and is pulled again, replacing it: after a power loss its files may be empty or partial, and it is
+//! never used. Trees written before this scheme have no `unsynced_boot` and were flushed before their
+//! rename. Without a readable boot id the pull flushes the tree (`syncfs`) before the rename, as before.
 //! Pulls into the same target are serialised by an exclusive `flock` on a sibling lock file
 //! (`.<name>.kmm-lock`; in an [`ImageCache`] one per digest): a second process waits, then finds the tree
 //! and reuses it. Temporary trees left by a crashed pull are removed by the next pull holding the lock.
@@ -59,6 +72,10 @@ pub struct Meta {
     pub kernel: String,
     pub dir_name: String,
     pub firmware_path: Option<String>,
+    /// The boot id of the boot that wrote the tree, while the tree is not known to be on disk (see the
+    /// module documentation); absent once flushed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsynced_boot: Option<String>,
 }
 
 /// Result of a pull.
@@ -147,13 +164,88 @@ fn read_meta(dir: &Path) -> Option<Meta> {
     serde_json::from_slice(&bytes).ok()
 }
 
-fn meta_matches(dir: &Path, digest: &Digest, spec: &PullSpec) -> bool {
-    read_meta(dir).is_some_and(|m| {
-        m.digest == digest.as_str()
-            && m.kernel == spec.kernel
-            && m.dir_name == spec.dir_name
-            && m.firmware_path == spec.firmware_path
+/// This boot's id (`/proc/sys/kernel/random/boot_id`), read once; `None` when it cannot be read.
+pub fn boot_id() -> Option<&'static str> {
+    static ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
     })
+    .as_deref()
+}
+
+/// How a tree found at the target can be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Found {
+    /// No tree of this image: pull it.
+    No,
+    /// Complete and on disk.
+    Durable,
+    /// Complete, written in this boot and not yet known to be on disk.
+    ThisBoot,
+}
+
+fn found(dir: &Path, digest: &Digest, spec: &PullSpec) -> Found {
+    let Some(m) = read_meta(dir) else {
+        return Found::No;
+    };
+    let same_image = m.digest == digest.as_str()
+        && m.kernel == spec.kernel
+        && m.dir_name == spec.dir_name
+        && m.firmware_path == spec.firmware_path;
+    match m.unsynced_boot {
+        _ if !same_image => Found::No,
+        None => Found::Durable,
+        Some(b) if Some(b.as_str()) == boot_id() => Found::ThisBoot,
+        // Written in an earlier boot and never flushed: possibly incomplete on disk.
+        Some(_) => Found::No,
+    }
+}
+
+/// Flushes a tree written in this boot and records that it is on disk (called with the target's lock held).
+fn make_durable(dir: &Path) -> Result<(), PullError> {
+    let err = |source: io::Error| PullError::SyncTree {
+        path: dir.to_owned(),
+        source,
+    };
+    let Some(mut meta) = read_meta(dir) else {
+        return Ok(());
+    };
+    sync_tree(dir)?;
+    meta.unsynced_boot = None;
+    let tmp = dir.join(format!("{META_FILE}.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp).map_err(err)?;
+        io::Write::write_all(
+            &mut f,
+            &serde_json::to_vec_pretty(&meta).unwrap_or_default(),
+        )
+        .map_err(err)?;
+        f.sync_all().map_err(err)?;
+    }
+    std::fs::rename(&tmp, dir.join(META_FILE)).map_err(err)?;
+    let d = std::fs::File::open(dir).map_err(err)?;
+    rustix::fs::fsync(&d).map_err(|e| err(e.into()))
+}
+
+/// Whether the tree at `dir` holds this image and can be used as it is, flushing a tree of this boot first
+/// (only with the target's lock held).
+async fn usable(dir: &Path, digest: &Digest, spec: &PullSpec) -> Result<bool, PullError> {
+    match found(dir, digest, spec) {
+        Found::No => Ok(false),
+        Found::Durable => Ok(true),
+        Found::ThisBoot => {
+            let d = dir.to_owned();
+            tokio::task::spawn_blocking(move || make_durable(&d))
+                .await
+                .map_err(|_| PullError::Join {
+                    image: spec.image.to_string(),
+                })??;
+            Ok(true)
+        }
+    }
 }
 
 fn pinned_digest(image: &ImageRef) -> Option<&Digest> {
@@ -496,8 +588,9 @@ fn temp_dir_for(out: &Path) -> Result<tempfile::TempDir, PullError> {
         })
 }
 
-/// Moves `tmp` to `out` atomically; an existing `out` is exchanged with it and then removed.
-fn commit(tmp: tempfile::TempDir, out: &Path) -> Result<(), PullError> {
+/// Moves `tmp` to `out` atomically; an existing `out` is exchanged with it and then removed. `durable`: the
+/// tree is on disk, make the rename durable too.
+fn commit(tmp: tempfile::TempDir, out: &Path, durable: bool) -> Result<(), PullError> {
     let err = |source| PullError::CommitTarget {
         path: out.to_owned(),
         source,
@@ -517,9 +610,11 @@ fn commit(tmp: tempfile::TempDir, out: &Path) -> Result<(), PullError> {
         let path = tmp.keep();
         std::fs::rename(&path, out).map_err(err)?;
     }
-    // Make the rename itself durable.
-    let parent = std::fs::File::open(parent_of(out)).map_err(err)?;
-    rustix::fs::fsync(&parent).map_err(|e| err(e.into()))?;
+    if durable {
+        // Make the rename itself durable.
+        let parent = std::fs::File::open(parent_of(out)).map_err(err)?;
+        rustix::fs::fsync(&parent).map_err(|e| err(e.into()))?;
+    }
     Ok(())
 }
 
@@ -545,7 +640,7 @@ async fn pull_once(
         limits,
     } = *job;
     let image = spec.image.to_string();
-    if meta_matches(out, &digest, spec) {
+    if usable(out, &digest, spec).await? {
         return Ok(Pulled {
             digest,
             path: out.to_owned(),
@@ -573,12 +668,14 @@ async fn pull_once(
             kernel: spec.kernel.clone(),
         });
     }
+    let boot = boot_id();
     let meta = Meta {
         image: image.clone(),
         digest: digest.to_string(),
         kernel: spec.kernel.clone(),
         dir_name: spec.dir_name.clone(),
         firmware_path: spec.firmware_path.clone(),
+        unsynced_boot: boot.map(str::to_owned),
     };
     let meta_bytes = serde_json::to_vec_pretty(&meta).unwrap_or_default();
     std::fs::write(tmp.path().join(META_FILE), meta_bytes).map_err(|source| {
@@ -587,13 +684,16 @@ async fn pull_once(
             source,
         }
     })?;
-    let t = tmp.path().to_owned();
-    tokio::task::spawn_blocking(move || sync_tree(&t))
-        .await
-        .map_err(|_| PullError::Join {
-            image: image.clone(),
-        })??;
-    commit(tmp, out)?;
+    if boot.is_none() {
+        // Without a boot id a tree is only trusted once on disk (see the module documentation).
+        let t = tmp.path().to_owned();
+        tokio::task::spawn_blocking(move || sync_tree(&t))
+            .await
+            .map_err(|_| PullError::Join {
+                image: image.clone(),
+            })??;
+    }
+    commit(tmp, out, boot.is_none())?;
     tracing::info!(image = %image, digest = %digest, files = stats.files, bytes = stats.bytes, "pulled");
     Ok(Pulled {
         digest,
@@ -619,14 +719,14 @@ pub async fn pull_tree(
         source: spec.image.to_string(),
     };
     if let Some(d) = pinned_digest(&spec.image)
-        && meta_matches(out, d, spec)
+        && found(out, d, spec) == Found::Durable
     {
         return Ok(cached(d));
     }
     let _lock = lock_target(out).await?;
     // Another process may have finished the same pull while this one waited.
     if let Some(d) = pinned_digest(&spec.image)
-        && meta_matches(out, d, spec)
+        && usable(out, d, spec).await?
     {
         return Ok(cached(d));
     }
@@ -788,4 +888,126 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use std::io::Write;
+
+    /// Writes a one-layer OCI layout (tag `v1`) holding `/opt/lib/modules/6.1/a.ko`.
+    fn layout(dir: &Path) {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(5);
+        tar.append_data(&mut h, "opt/lib/modules/6.1/a.ko", &b"\x7fELF!"[..])
+            .unwrap();
+        let raw = tar.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&raw).unwrap();
+        let layer = gz.finish().unwrap();
+        let blobs = dir.join("blobs/sha256");
+        std::fs::create_dir_all(&blobs).unwrap();
+        let put = |bytes: &[u8]| {
+            let d = Digest::of(bytes);
+            std::fs::write(blobs.join(d.hex()), bytes).unwrap();
+            (d.to_string(), bytes.len())
+        };
+        let (ld, lsize) = put(&layer);
+        let config = serde_json::json!({"architecture": "amd64", "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [Digest::of(&raw).to_string()]}});
+        let (cd, csize) = put(config.to_string().as_bytes());
+        let manifest = serde_json::json!({"schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": csize},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": ld, "size": lsize}]});
+        let (md, msize) = put(manifest.to_string().as_bytes());
+        let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": msize,
+            "annotations": {"org.opencontainers.image.ref.name": "v1"}}]});
+        std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
+        std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    }
+
+    fn set_unsynced_boot(out: &Path, boot: Option<&str>) {
+        let mut m = read_meta(out).unwrap();
+        m.unsynced_boot = boot.map(str::to_owned);
+        std::fs::write(out.join(META_FILE), serde_json::to_vec(&m).unwrap()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn tree_of_this_boot_is_used_and_flushed_unflushed_tree_of_another_boot_is_pulled_again()
+    {
+        let boot = boot_id().expect("this test needs /proc/sys/kernel/random/boot_id");
+        let dir = tempfile::tempdir().unwrap();
+        let oci = dir.path().join("oci");
+        layout(&oci);
+        let spec = PullSpec {
+            image: ImageRef::OciLayout {
+                path: oci,
+                tag: Some("v1".into()),
+            },
+            kernel: "6.1".into(),
+            dir_name: "/opt".into(),
+            firmware_path: None,
+        };
+        let out = dir.path().join("tree");
+        let opts = RegistryOptions::default();
+        let ko = out.join("lib/modules/6.1/a.ko");
+
+        // A fresh pull is not flushed: the tree is marked with this boot.
+        let p = pull_tree(&spec, &out, &opts, Limits::default())
+            .await
+            .unwrap();
+        assert!(!p.cached);
+        assert_eq!(
+            read_meta(&out).unwrap().unsynced_boot.as_deref(),
+            Some(boot)
+        );
+        assert_eq!(std::fs::read(&ko).unwrap(), b"\x7fELF!");
+
+        // Found again in the same boot: used as it is (nothing extracted), flushed and marked durable.
+        let p = pull_tree(&spec, &out, &opts, Limits::default())
+            .await
+            .unwrap();
+        assert!(p.cached && p.stats.is_none());
+        assert_eq!(read_meta(&out).unwrap().unsynced_boot, None);
+        assert!(!out.join(format!("{META_FILE}.tmp")).exists());
+        let p = pull_tree(&spec, &out, &opts, Limits::default())
+            .await
+            .unwrap();
+        assert!(p.cached);
+
+        // Written in another boot and never flushed (a power loss may have left it partial): not used, pulled
+        // again into place. Here a module is truncated, as a crash before writeback could leave it.
+        set_unsynced_boot(&out, Some("00000000-0000-0000-0000-000000000000"));
+        std::fs::write(&ko, b"").unwrap();
+        let p = pull_tree(&spec, &out, &opts, Limits::default())
+            .await
+            .unwrap();
+        assert!(!p.cached && p.stats.is_some());
+        assert_eq!(std::fs::read(&ko).unwrap(), b"\x7fELF!");
+        assert_eq!(
+            read_meta(&out).unwrap().unsynced_boot.as_deref(),
+            Some(boot)
+        );
+
+        // A flushed tree of an earlier boot (or one written before boot ids were recorded) is used.
+        set_unsynced_boot(&out, None);
+        let p = pull_tree(&spec, &out, &opts, Limits::default())
+            .await
+            .unwrap();
+        assert!(p.cached);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names.len(),
+            2,
+            "only the layout and the tree are left: {names:?}"
+        );
+    }
 }
