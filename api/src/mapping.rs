@@ -9,7 +9,7 @@
 mod envsubst;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, RwLock};
 
 use regex::Regex;
 use serde::Serialize;
@@ -152,21 +152,22 @@ pub fn kernel_variables(normalized: &str) -> Result<BTreeMap<&'static str, Strin
 /// literal quoting is supported too.
 ///
 /// Compiled patterns are cached (admission and mapping see the same few patterns on every request); the cache is
-/// bounded and emptied when full, and a `Regex` clone shares the compiled program.
-pub fn compile_go_regexp(pattern: &str) -> Result<Regex, regex::Error> {
+/// bounded and emptied when full.
+pub fn compile_go_regexp(pattern: &str) -> Result<Arc<Regex>, regex::Error> {
     const MAX_CACHED: usize = 1024;
-    static CACHE: LazyLock<Mutex<HashMap<String, Regex>>> = LazyLock::new(Default::default);
-    if let Ok(cache) = CACHE.lock()
+    // Compiled patterns are shared, not cloned: cloning a Regex allocates its cache pool.
+    static CACHE: LazyLock<RwLock<HashMap<String, Arc<Regex>>>> = LazyLock::new(Default::default);
+    if let Ok(cache) = CACHE.read()
         && let Some(re) = cache.get(pattern)
     {
-        return Ok(re.clone());
+        return Ok(Arc::clone(re));
     }
-    let re = Regex::new(&asciify_perl_classes(pattern))?;
-    if let Ok(mut cache) = CACHE.lock() {
+    let re = Arc::new(Regex::new(&asciify_perl_classes(pattern))?);
+    if let Ok(mut cache) = CACHE.write() {
         if cache.len() >= MAX_CACHED {
             cache.clear();
         }
-        cache.insert(pattern.to_owned(), re.clone());
+        cache.insert(pattern.to_owned(), Arc::clone(&re));
     }
     Ok(re)
 }

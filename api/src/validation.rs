@@ -448,24 +448,25 @@ fn container_errors(container: &ModuleLoaderContainerSpec) -> Vec<FieldError> {
     }
 
     for (idx, km) in container.kernel_mappings.iter().enumerate() {
-        let path = format!("{BASE}.kernelMappings[{idx}]");
+        // Paths are only formatted for an error: most Modules have none.
+        let path = || format!("{BASE}.kernelMappings[{idx}]");
         let regexp = km.regexp.as_deref().unwrap_or("");
         let literal = km.literal.as_deref().unwrap_or("");
         if !regexp.is_empty() && !literal.is_empty() {
             errors.push(FieldError::new(
-                &path,
+                path(),
                 format!("{PREFIX}: regexp and literal are mutually exclusive properties at kernelMappings[{idx}]"),
             ));
         }
         if regexp.is_empty() && literal.is_empty() {
             errors.push(FieldError::new(
-                &path,
+                path(),
                 format!("{PREFIX}: regexp or literal must be set at kernelMappings[{idx}]"),
             ));
         }
         if let Err(e) = compile_go_regexp(regexp) {
             errors.push(FieldError::new(
-                format!("{path}.regexp"),
+                format!("{}.regexp", path()),
                 format!(
                     "{PREFIX}: invalid regexp at index {idx}: {}",
                     one_line(&e.to_string())
@@ -475,12 +476,12 @@ fn container_errors(container: &ModuleLoaderContainerSpec) -> Vec<FieldError> {
         if km.container_image.is_empty() {
             if container_image.is_empty() {
                 errors.push(FieldError::new(
-                    format!("{path}.containerImage"),
+                    format!("{}.containerImage", path()),
                     format!("{PREFIX}: missing spec.moduleLoader.container.kernelMappings[{idx}].containerImage"),
                 ));
             }
         } else if let Some(msg) = image_format_error(&km.container_image) {
-            errors.push(FieldError::new(format!("{path}.containerImage"), msg));
+            errors.push(FieldError::new(format!("{}.containerImage", path()), msg));
         }
         let km_single = km
             .in_tree_module_to_remove
@@ -489,7 +490,7 @@ fn container_errors(container: &ModuleLoaderContainerSpec) -> Vec<FieldError> {
         let km_list = km.in_tree_modules_to_remove.is_some();
         if km_list && km_single {
             errors.push(FieldError::new(
-                format!("{path}.inTreeModulesToRemove"),
+                format!("{}.inTreeModulesToRemove", path()),
                 format!(
                     "{PREFIX}: only one of the KernelMapping fields: InTreeModulesToRemove or InTreeModuleToRemove \
                      can be defined"
@@ -498,7 +499,7 @@ fn container_errors(container: &ModuleLoaderContainerSpec) -> Vec<FieldError> {
         }
         if (km_list && container_single) || (km_single && container_list) {
             errors.push(FieldError::new(
-                format!("{path}.inTreeModulesToRemove"),
+                format!("{}.inTreeModulesToRemove", path()),
                 format!(
                     "{PREFIX}: only one type if field (InTreeModuleToRemove or InTreeModulesToRemove) can be defined \
                      in KenrelMapping or Container"
@@ -612,6 +613,9 @@ fn files_to_sign_errors(container: &ModuleLoaderContainerSpec) -> Vec<FieldError
         "global Sign",
     );
     for (idx, km) in container.kernel_mappings.iter().enumerate() {
+        if km.sign.is_none() {
+            continue;
+        }
         errors.extend(sign_errors(
             km.sign.as_ref(),
             dir_name,

@@ -122,7 +122,7 @@ pub(crate) fn fast(endpoint: Endpoint, body: &[u8], ctx: &Context) -> Option<(Re
             Some((req, verdict))
         }
         Endpoint::Module => {
-            let (req, module) = crate::review::parse_as::<kmm_api::Module>(body)?;
+            let (req, module) = crate::review::parse_as::<Box<kmm_api::Module>>(body)?;
             let verdict = validate::module_with(&req, ctx.kube_version, || {
                 module.ok_or_else(|| validate::missing("object"))
             });

@@ -30,7 +30,6 @@ mod affinity;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
-use json_patch::jsonptr::PointerBuf;
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, NodeSelectorRequirement, ResourceRequirements,
     SeccompProfile, SecurityContext,
@@ -553,15 +552,15 @@ fn wait_container(m: &Module, name: String, cfg: &MutateConfig) -> Option<Contai
 /// serialised: the patch is written as text once, without building a `serde_json::Value` tree first.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AddOp {
-    /// Where to add (RFC 6901; tokens escaped).
-    pub path: PointerBuf,
+    /// Where to add (an RFC 6901 pointer, tokens escaped).
+    pub path: String,
     /// The value, as JSON text written by serde_json.
     value: String,
 }
 
 impl AddOp {
     /// An `add` of `value` at `path`.
-    pub fn new(path: PointerBuf, value: &impl Serialize) -> AddOp {
+    pub fn new(path: String, value: &impl Serialize) -> AddOp {
         AddOp {
             path,
             value: to_json_text(value),
@@ -569,7 +568,7 @@ impl AddOp {
     }
 
     /// An `add` of a value given as JSON text (written by serde_json from a value of the right type).
-    fn raw(path: PointerBuf, value: String) -> AddOp {
+    fn raw(path: String, value: String) -> AddOp {
         AddOp { path, value }
     }
 }
@@ -606,8 +605,18 @@ impl Patch {
                 out.push(b',');
             }
             out.extend_from_slice(b"{\"op\":\"add\",\"path\":");
-            // Writing a str into a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut out, op.path.as_str());
+            if op
+                .path
+                .bytes()
+                .all(|b| b >= 0x20 && b != b'"' && b != b'\\')
+            {
+                out.push(b'"');
+                out.extend_from_slice(op.path.as_bytes());
+                out.push(b'"');
+            } else {
+                // Writing a str into a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut out, op.path.as_str());
+            }
             out.extend_from_slice(b",\"value\":");
             out.extend_from_slice(op.value.as_bytes());
             out.push(b'}');
@@ -678,13 +687,11 @@ pub fn mutate_pod(
     match &spec.init_containers {
         Some(list) if !list.is_empty() => {
             for (i, c) in new_containers.into_iter().enumerate() {
-                let path =
-                    PointerBuf::from_tokens(["spec", "initContainers"]).with_trailing_token(i);
-                ops.push(AddOp::raw(path, c));
+                ops.push(AddOp::raw(format!("/spec/initContainers/{i}"), c));
             }
         }
         _ if !new_containers.is_empty() => {
-            let path = PointerBuf::from_tokens(["spec", "initContainers"]);
+            let path = "/spec/initContainers".to_owned();
             ops.push(AddOp::raw(path, json_array(&new_containers)));
         }
         _ => {}

@@ -534,10 +534,7 @@ mod tests {
         assert_eq!(deny["response"]["status"]["message"], "spec.x: bad");
         assert!(deny["response"].get("patch").is_none());
 
-        let patch = crate::mutate::Patch(vec![crate::mutate::AddOp::new(
-            json_patch::jsonptr::PointerBuf::from_tokens(["a/b"]),
-            &1,
-        )]);
+        let patch = crate::mutate::Patch(vec![crate::mutate::AddOp::new("/a~1b".to_owned(), &1)]);
         let ok: Value = serde_json::from_slice(&response("u-9", &Verdict::patch(patch))).unwrap();
         assert_eq!(ok["response"]["allowed"], true);
         assert!(ok["response"].get("status").is_none());

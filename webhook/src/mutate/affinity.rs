@@ -1,10 +1,8 @@
 //! JSON Patch operations adding node requirements to every required nodeSelectorTerm.
 //!
 //! Absent objects are created with one `add` of the whole value (an `add` below a missing parent fails, and a patch
-//! that fails to apply rejects the pod even under failurePolicy Ignore). Pointers are built token by token, so any
-//! `/` or `~` in a token is escaped (`~1`, `~0`) as RFC 6901 requires.
-
-use json_patch::jsonptr::PointerBuf;
+//! that fails to apply rejects the pod even under failurePolicy Ignore). The pointers are fixed field names and
+//! indexes: no token ever needs RFC 6901 escaping.
 use k8s_openapi::api::core::v1::{Affinity, NodeSelectorRequirement};
 
 use super::{AddOp, json_array};
@@ -36,24 +34,25 @@ pub(super) fn ops(
             required()
         )
     };
-    let mut path = PointerBuf::from_tokens(["spec", "affinity"]);
+    const AFFINITY: &str = "/spec/affinity";
+    const NODE_AFFINITY: &str = "/spec/affinity/nodeAffinity";
+    const REQUIRED: &str =
+        "/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution";
+    const TERMS: &str = "/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms";
     let Some(affinity) = affinity else {
         return vec![AddOp::raw(
-            path,
+            AFFINITY.to_owned(),
             format!("{{\"nodeAffinity\":{}}}", node_affinity()),
         )];
     };
-    path.push_back("nodeAffinity");
     let Some(existing) = &affinity.node_affinity else {
-        return vec![AddOp::raw(path, node_affinity())];
+        return vec![AddOp::raw(NODE_AFFINITY.to_owned(), node_affinity())];
     };
-    path.push_back("requiredDuringSchedulingIgnoredDuringExecution");
     let Some(selector) = &existing.required_during_scheduling_ignored_during_execution else {
-        return vec![AddOp::raw(path, required())];
+        return vec![AddOp::raw(REQUIRED.to_owned(), required())];
     };
-    path.push_back("nodeSelectorTerms");
     if selector.node_selector_terms.is_empty() {
-        return vec![AddOp::raw(path, format!("[{}]", term()))];
+        return vec![AddOp::raw(TERMS.to_owned(), format!("[{}]", term()))];
     }
     let mut out = Vec::new();
     for (i, term) in selector.node_selector_terms.iter().enumerate() {
@@ -66,14 +65,13 @@ pub(super) fn ops(
         if missing.is_empty() {
             continue;
         }
-        let term_path = path
-            .with_trailing_token(i)
-            .with_trailing_token("matchExpressions");
         if term.match_expressions.is_none() {
-            out.push(AddOp::raw(term_path, json_array(&missing)));
+            let path = format!("{TERMS}/{i}/matchExpressions");
+            out.push(AddOp::raw(path, json_array(&missing)));
         } else {
             for m in missing {
-                out.push(AddOp::raw(term_path.with_trailing_token("-"), m.to_owned()));
+                let path = format!("{TERMS}/{i}/matchExpressions/-");
+                out.push(AddOp::raw(path, m.to_owned()));
             }
         }
     }
@@ -190,12 +188,7 @@ mod tests {
         for (affinity, want) in cases {
             let got: Vec<(String, Value)> = ops(affinity.as_ref(), &pairs)
                 .into_iter()
-                .map(|op| {
-                    (
-                        op.path.as_str().to_owned(),
-                        serde_json::from_str(&op.value).unwrap(),
-                    )
-                })
+                .map(|op| (op.path.clone(), serde_json::from_str(&op.value).unwrap()))
                 .collect();
             let want: Vec<(String, Value)> =
                 want.into_iter().map(|(p, v)| (p.to_owned(), v)).collect();
@@ -207,19 +200,5 @@ mod tests {
 
     fn sv<T: serde::Serialize>(v: &T) -> Value {
         serde_json::to_value(v).unwrap()
-    }
-
-    #[test]
-    fn tokens_with_slashes_are_escaped() {
-        let p = PointerBuf::from_tokens([
-            "metadata",
-            "labels",
-            "kmm.node.kubernetes.io/a.b.ready",
-            "x~y",
-        ]);
-        assert_eq!(
-            p.as_str(),
-            "/metadata/labels/kmm.node.kubernetes.io~1a.b.ready/x~0y"
-        );
     }
 }
