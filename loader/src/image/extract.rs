@@ -30,7 +30,7 @@ use std::path::{Component, Path, PathBuf};
 
 mod gunzip;
 mod writer;
-use writer::{CHUNK, Op, Writer};
+use writer::{CHUNK, Op, Start, Writer};
 
 /// Limits against decompression bombs and oversized content.
 #[derive(Clone, Copy, Debug)]
@@ -781,24 +781,24 @@ impl Extractor {
                     self.count(&raw)?;
                     self.check_writer()?;
                     let path = self.root.join(&out);
-                    let start = if self.surely_new(&out) {
+                    let mode = mode & 0o755;
+                    let mut start = if self.surely_new(&out) {
                         self.pending = true;
-                        Op::Start {
+                        Some(Start {
                             path,
                             file: None,
-                            mode: mode & 0o755,
-                        }
+                            mode,
+                        })
                     } else {
                         self.settle()?;
-                        let file = self.create_file(&out, mode & 0o755)?;
-                        Op::Start {
+                        let file = self.create_file(&out, mode)?;
+                        Some(Start {
                             path,
                             file: Some(file),
-                            mode: mode & 0o755,
-                        }
+                            mode,
+                        })
                     };
                     self.names.insert(out.clone());
-                    self.send(start)?;
                     let mut n: u64 = 0;
                     loop {
                         let mut buf = self.buffer()?;
@@ -820,17 +820,25 @@ impl Extractor {
                                 Refusal::TotalSizeExceeded(self.limits.max_total_size),
                             ));
                         }
-                        if k > 0 {
-                            self.send(Op::Data { buf, len: k })?;
-                        } else if let Some(w) = &mut self.writer {
-                            w.unused(buf);
-                        }
+                        let data = if k > 0 {
+                            Some((buf, k))
+                        } else {
+                            if let Some(w) = &mut self.writer {
+                                w.unused(buf);
+                            }
+                            None
+                        };
                         // A short piece is the last one.
-                        if k < CHUNK {
+                        let last = k < CHUNK;
+                        self.send(Op::Piece {
+                            start: start.take(),
+                            data,
+                            end: last.then_some(mode),
+                        })?;
+                        if last {
                             break;
                         }
                     }
-                    self.send(Op::End { mode: mode & 0o755 })?;
                     self.stats.bytes += n;
                     self.stats.files += 1;
                 }

@@ -1,9 +1,10 @@
 //! A background writer for regular files, so decompression and tar parsing (the extractor's thread) overlap
 //! with the system calls that create files and copy their data into the page cache (this thread).
 //!
-//! The extractor sends, in order, for each file: [`Op::Start`] (with the file it opened itself, or a path this
-//! thread creates with `O_CREAT|O_EXCL`, which never follows a symlink), [`Op::Data`] pieces of at most
-//! [`CHUNK`] bytes, and [`Op::End`] with the exact mode. The extractor only lets this thread create a file
+//! The extractor sends, in order, the pieces of each file ([`Op::Piece`]): the first opens it (the file the
+//! extractor opened itself, or a path this thread creates with `O_CREAT|O_EXCL`, which never follows a
+//! symlink), each carries at most [`CHUNK`] bytes, and the last sets the exact mode; a file that fits in one
+//! buffer is a single message. The extractor only lets this thread create a file
 //! where nothing can exist yet (in a directory the extractor created, under a name it has not used), and
 //! waits for the queue to drain ([`Writer::barrier`]) before it looks at or changes anything else on disk, so
 //! the order of the layer's entries is kept. Content travels in buffers of [`CHUNK`] bytes that this thread
@@ -27,19 +28,24 @@ const BUFFERS: usize = 24;
 /// Operations queued at most.
 const QUEUE: usize = 64;
 
+/// Opens a file: the one the extractor opened, or one this thread creates at `path` with `mode`.
+pub(super) struct Start {
+    pub(super) path: PathBuf,
+    pub(super) file: Option<File>,
+    pub(super) mode: u32,
+}
+
 /// One step of writing the files.
 pub(super) enum Op {
-    /// Starts a file: `file` when the extractor opened it, else created here at `path` with `mode`.
-    Start {
-        path: PathBuf,
-        file: Option<File>,
-        mode: u32,
+    /// A piece of a regular file: `start` opens it (on its first piece), then the first `len` bytes of `buf`
+    /// (a buffer from [`Writer::buffer`]) are written, then `end` closes it with its exact mode (on its last
+    /// piece; the mode given at creation is filtered by the umask). A file that fits in one buffer is one
+    /// operation.
+    Piece {
+        start: Option<Start>,
+        data: Option<(Vec<u8>, usize)>,
+        end: Option<u32>,
     },
-    /// The next bytes of the current file: the first `len` bytes of a buffer from [`Writer::buffer`].
-    Data { buf: Vec<u8>, len: usize },
-    /// The current file is complete: set its exact mode (the mode given at creation is filtered by the
-    /// umask) and close it.
-    End { mode: u32 },
     /// Acknowledged once everything before it is done.
     Barrier(SyncSender<()>),
 }
@@ -72,56 +78,65 @@ pub(super) struct Writer {
     unused: Vec<Vec<u8>>,
 }
 
+/// The process's umask, when it can be read (`/proc/self/status`).
+fn umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8).ok()
+}
+
+/// Opens the file of `start`.
+fn open(start: Start) -> Result<(File, PathBuf), (PathBuf, io::Error)> {
+    match start.file {
+        Some(f) => Ok((f, start.path)),
+        None => match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(start.mode)
+            .open(&start.path)
+        {
+            Ok(f) => Ok((f, start.path)),
+            Err(e) => Err((start.path, e)),
+        },
+    }
+}
+
 fn run(rx: &Receiver<Op>, spare: &Sender<Vec<u8>>, failure: &Failure) {
+    // Files are created with their mode: it only needs setting again when the umask took bits away.
+    let umask = umask();
     let mut current: Option<(File, PathBuf)> = None;
     for op in rx {
-        if let Op::Barrier(ack) = op {
-            let _ = ack.send(());
-            continue;
-        }
-        if failure.failed.load(Ordering::Relaxed) {
-            if let Op::Data { buf, .. } = op {
-                let _ = spare.send(buf);
+        let (start, data, end) = match op {
+            Op::Barrier(ack) => {
+                let _ = ack.send(());
+                continue;
             }
-            continue;
-        }
-        let res = match op {
-            Op::Start { path, file, mode } => {
-                let opened = match file {
-                    Some(f) => Ok(f),
-                    None => OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(mode)
-                        .open(&path),
-                };
-                match opened {
-                    Ok(f) => {
-                        current = Some((f, path));
-                        Ok(())
-                    }
-                    Err(e) => Err((path, e)),
-                }
-            }
-            Op::Data { buf, len } => {
-                let res = match current.as_mut() {
-                    Some((f, path)) => f
-                        .write_all(buf.get(..len).unwrap_or(&buf))
-                        .map_err(|e| (path.clone(), e)),
-                    None => Ok(()),
-                };
-                // The extractor may have stopped waiting for buffers: then this one is just dropped.
-                let _ = spare.send(buf);
-                res
-            }
-            Op::End { mode } => match current.take() {
-                Some((f, path)) => f
-                    .set_permissions(Permissions::from_mode(mode))
-                    .map_err(|e| (path, e)),
-                None => Ok(()),
-            },
-            Op::Barrier(_) => Ok(()),
+            Op::Piece { start, data, end } => (start, data, end),
         };
+        let res = (|| {
+            if failure.failed.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            if let Some(s) = start {
+                current = Some(open(s)?);
+            }
+            if let (Some((buf, len)), Some((f, path))) = (&data, current.as_mut()) {
+                f.write_all(buf.get(..*len).unwrap_or(buf))
+                    .map_err(|e| (path.clone(), e))?;
+            }
+            if let Some(mode) = end
+                && let Some((f, path)) = current.take()
+                && umask.is_none_or(|u| mode & u != 0)
+            {
+                f.set_permissions(Permissions::from_mode(mode))
+                    .map_err(|e| (path, e))?;
+            }
+            Ok(())
+        })();
+        // The extractor may have stopped waiting for buffers: then this one is just dropped.
+        if let Some((buf, _)) = data {
+            let _ = spare.send(buf);
+        }
         if let Err((path, e)) = res {
             current = None;
             failure.record(path, e);
