@@ -178,6 +178,10 @@ pub struct Extractor {
     writer: Option<Writer>,
     /// Files the writer creates itself are queued: wait for it before looking at the disk.
     pending: bool,
+    /// Whether the root was empty before the first layer (`None` until then).
+    root_was_empty: Option<bool>,
+    /// Whether this extraction created a symlink.
+    made_symlink: bool,
 }
 
 const WH_PREFIX: &[u8] = b".wh.";
@@ -329,6 +333,8 @@ impl Extractor {
             names: HashSet::new(),
             writer: None,
             pending: false,
+            root_was_empty: None,
+            made_symlink: false,
         }
     }
 
@@ -674,6 +680,12 @@ impl Extractor {
     /// Applies one layer (a tar stream, possibly compressed). `name` identifies it in errors (its digest).
     pub fn apply_layer<R: BufRead>(&mut self, name: &str, reader: R) -> Result<(), ExtractError> {
         self.layer = name.to_owned();
+        if self.root_was_empty.is_none() {
+            let empty = fs::read_dir(&self.root)
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(false);
+            self.root_was_empty = Some(empty);
+        }
         self.layer_written.clear();
         let read_err = |layer: &str, source: io::Error| {
             if source.get_ref().is_some_and(|e| e.is::<StreamLimit>()) {
@@ -851,6 +863,7 @@ impl Extractor {
                     };
                     self.count(&raw)?;
                     self.remove(&out)?;
+                    self.made_symlink = true;
                     std::os::unix::fs::symlink(&rel_target, self.root.join(&out))
                         .map_err(|e| self.write_err(&out, e))?;
                     self.stats.links += 1;
@@ -892,9 +905,13 @@ impl Extractor {
     }
 
     /// Checks that every symlink in the tree resolves (physically, through other links) inside the root,
-    /// then returns the counters.
+    /// then returns the counters. A tree that was empty before the first layer and got no symlink from this
+    /// extraction has none, and is not walked.
     pub fn finish(mut self) -> Result<Stats, ExtractError> {
         self.flush_writer()?;
+        if self.root_was_empty == Some(true) && !self.made_symlink {
+            return Ok(self.stats);
+        }
         let mut stack = vec![PathBuf::new()];
         while let Some(dir) = stack.pop() {
             let rd = fs::read_dir(self.root.join(&dir)).map_err(|e| self.write_err(&dir, e))?;
