@@ -1,10 +1,86 @@
 //! Prometheus metrics of the webhook (served as text on the health port at `/metrics`).
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::exponential_buckets;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
+
+/// A latency histogram recorded with atomics only: prometheus_client's `Histogram` takes a mutex for every
+/// observation, which the admission threads would contend for on every request. Same exposition.
+#[derive(Clone, Debug)]
+pub struct LatencyHistogram(Arc<LatencyInner>);
+
+#[derive(Debug)]
+struct LatencyInner {
+    /// Upper bounds, the last being +Inf.
+    bounds: Vec<f64>,
+    /// Observations per bucket (not cumulative).
+    counts: Vec<AtomicU64>,
+    /// Sum of the observations, in nanoseconds.
+    sum_ns: AtomicU64,
+    count: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// A histogram with these upper bounds (seconds) plus +Inf.
+    pub fn new(bounds: impl Iterator<Item = f64>) -> Self {
+        let mut bounds: Vec<f64> = bounds.collect();
+        bounds.push(f64::INFINITY);
+        let counts = bounds.iter().map(|_| AtomicU64::new(0)).collect();
+        Self(Arc::new(LatencyInner {
+            bounds,
+            counts,
+            sum_ns: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }))
+    }
+
+    /// Records one observation, in seconds.
+    pub fn observe(&self, seconds: f64) {
+        let inner = &self.0;
+        let last = inner.counts.len().saturating_sub(1);
+        let i = inner
+            .bounds
+            .iter()
+            .position(|b| *b >= seconds)
+            .unwrap_or(last);
+        if let Some(c) = inner.counts.get(i) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        inner
+            .sum_ns
+            .fetch_add((seconds * 1e9) as u64, Ordering::Relaxed);
+        inner.count.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let inner = &self.0;
+        let buckets: Vec<(f64, u64)> = inner
+            .bounds
+            .iter()
+            .zip(&inner.counts)
+            .map(|(b, c)| (*b, c.load(Ordering::Relaxed)))
+            .collect();
+        let sum = inner.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let count = inner.count.load(Ordering::Relaxed);
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
 
 /// Labels of an admission request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -34,7 +110,7 @@ pub struct Metrics {
     /// Admission requests answered, by endpoint and verdict.
     pub requests: Family<RequestLabels, Counter>,
     /// Handling latency (body parsed to response serialised), by endpoint.
-    pub latency: Family<EndpointLabels, Histogram>,
+    pub latency: Family<EndpointLabels, LatencyHistogram>,
     /// TLS certificate reloads that swapped the certificate.
     pub cert_reloads: Counter,
     /// TLS certificate reloads that failed (the previous certificate stays).
@@ -42,7 +118,7 @@ pub struct Metrics {
     /// The series of `requests` for [`ENDPOINTS`] x [`VERDICTS`], resolved once.
     known_requests: Vec<Counter>,
     /// The series of `latency` for [`ENDPOINTS`], resolved once.
-    known_latency: Vec<Histogram>,
+    known_latency: Vec<LatencyHistogram>,
 }
 
 impl Default for Metrics {
@@ -61,8 +137,8 @@ impl Metrics {
             "Admission requests answered, by endpoint and verdict",
             requests.clone(),
         );
-        let latency = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.000_01, 4.0, 10))
+        let latency = Family::<EndpointLabels, LatencyHistogram>::new_with_constructor(|| {
+            LatencyHistogram::new(exponential_buckets(0.000_01, 4.0, 10))
         });
         registry.register(
             "admission_duration_seconds",
@@ -171,6 +247,12 @@ mod tests {
             r#"kmm_webhook_admission_requests_total{endpoint="other",verdict="odd"} 1"#,
             r#"kmm_webhook_admission_duration_seconds_count{endpoint="pod"} 2"#,
             r#"kmm_webhook_admission_duration_seconds_count{endpoint="other"} 1"#,
+            r#"kmm_webhook_admission_duration_seconds_sum{endpoint="pod"} 0.003"#,
+            r#"kmm_webhook_admission_duration_seconds_bucket{le="0.00016",endpoint="pod"} 0"#,
+            r#"kmm_webhook_admission_duration_seconds_bucket{le="0.00256",endpoint="pod"} 2"#,
+            r#"kmm_webhook_admission_duration_seconds_bucket{le="+Inf",endpoint="pod"} 2"#,
+            r#"kmm_webhook_admission_duration_seconds_bucket{le="0.16384",endpoint="module"} 0"#,
+            r#"kmm_webhook_admission_duration_seconds_bucket{le="0.65536",endpoint="module"} 1"#,
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

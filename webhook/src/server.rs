@@ -117,16 +117,18 @@ pub async fn serve_tls(
             let conn = builder
                 .serve_connection(TokioIo::new(io), service)
                 .into_owned();
-            tokio::select! {
-                res = watcher.watch(conn) => {
-                    if let Err(e) = res {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
+            // The connection gets a task of its own that polls nothing else; the watchdog stays in this one and
+            // aborts it (a `select!` of both would poll the watchdog's timer at every wake-up of the connection).
+            let served = tokio::spawn(async move {
+                if let Err(e) = watcher.watch(conn).await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
-                () = watchdog(&activity, opts.request_timeout) => {
-                    tracing::debug!(%peer, timeout = ?opts.request_timeout,
-                        "request not read and answered in time; closing the connection");
-                }
+            })
+            .abort_handle();
+            if watchdog(&activity, opts.request_timeout, || served.is_finished()).await {
+                served.abort();
+                tracing::debug!(%peer, timeout = ?opts.request_timeout,
+                    "request not read and answered in time; closing the connection");
             }
         });
     }
@@ -184,14 +186,18 @@ impl Activity {
     }
 }
 
-/// Returns once a request on the connection has been in progress for longer than `limit`.
-async fn watchdog(activity: &Activity, limit: Duration) {
+/// Returns true once a request on the connection has been in progress for longer than `limit`, false once the
+/// connection is `finished`. Wakes four times per `limit`.
+async fn watchdog(activity: &Activity, limit: Duration, finished: impl Fn() -> bool) -> bool {
     let mut ticks = tokio::time::interval((limit / 4).max(Duration::from_millis(10)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
+        if finished() {
+            return false;
+        }
         if activity.busy_for().is_some_and(|d| d > limit) {
-            return;
+            return true;
         }
     }
 }
@@ -277,14 +283,20 @@ mod tests {
     async fn the_watchdog_fires_only_for_a_request_busy_too_long() {
         let a = Activity::default();
         let limit = Duration::from_millis(40);
-        let idle = tokio::time::timeout(Duration::from_millis(200), watchdog(&a, limit)).await;
+        let idle =
+            tokio::time::timeout(Duration::from_millis(200), watchdog(&a, limit, || false)).await;
         assert!(idle.is_err(), "fired on an idle connection");
         a.mark_busy();
         let started = Instant::now();
-        tokio::time::timeout(Duration::from_secs(5), watchdog(&a, limit))
+        let fired = tokio::time::timeout(Duration::from_secs(5), watchdog(&a, limit, || false))
             .await
             .unwrap();
         let waited = started.elapsed();
-        assert!(waited >= limit, "{waited:?}");
+        assert!(fired && waited >= limit, "{fired} {waited:?}");
+        // A finished connection ends the watchdog without firing, even while busy.
+        let ended = tokio::time::timeout(Duration::from_secs(5), watchdog(&a, limit, || true))
+            .await
+            .unwrap();
+        assert!(!ended);
     }
 }
