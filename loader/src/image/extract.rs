@@ -503,7 +503,7 @@ impl Extractor {
             return Ok(());
         }
         self.pending = false;
-        match &self.writer {
+        match &mut self.writer {
             Some(w) => w
                 .barrier()
                 .map_err(|(path, source)| ExtractError::WriteEntry { path, source }),

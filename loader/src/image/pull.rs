@@ -255,17 +255,91 @@ fn pinned_digest(image: &ImageRef) -> Option<&Digest> {
     }
 }
 
+/// How far the download may run ahead of the extraction (bytes received, not yet read), and the steps in which
+/// the extraction hands room back: the two sides then hand off a few times per layer instead of once per
+/// chunk (a bound of 16 chunks cost a wake-up of each side per chunk read).
+const LEAD: usize = 8 << 20;
+const LEAD_STEP: usize = 2 << 20;
+
+/// The download's end of a layer stream: waits for room, then passes the chunk on as received.
+struct LayerSink {
+    tx: tokio::sync::mpsc::UnboundedSender<bytes::Bytes>,
+    room: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+impl super::registry::BlobSink for LayerSink {
+    async fn write(&mut self, chunk: bytes::Bytes) -> io::Result<()> {
+        let stopped = || io::Error::new(io::ErrorKind::BrokenPipe, "the layer reader stopped");
+        let n = u32::try_from(chunk.len().min(LEAD)).unwrap_or(u32::MAX);
+        self.room
+            .acquire_many(n)
+            .await
+            .map_err(|_| stopped())?
+            .forget();
+        self.tx.send(chunk).map_err(|_| stopped())
+    }
+}
+
 /// A reader over the chunks of the async download, as received: the inflater reads straight from them.
 struct ChannelReader {
-    rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<bytes::Bytes>,
+    room: std::sync::Arc<tokio::sync::Semaphore>,
     buf: bytes::Bytes,
+    /// Room taken by the current chunk, and room freed but not handed back yet.
+    taken: usize,
+    freed: usize,
+}
+
+impl ChannelReader {
+    fn new(
+        rx: tokio::sync::mpsc::UnboundedReceiver<bytes::Bytes>,
+        room: std::sync::Arc<tokio::sync::Semaphore>,
+    ) -> Self {
+        Self {
+            rx,
+            room,
+            buf: bytes::Bytes::new(),
+            taken: 0,
+            freed: 0,
+        }
+    }
+
+    fn hand_back(&mut self) {
+        if self.freed > 0 {
+            self.room.add_permits(std::mem::take(&mut self.freed));
+        }
+    }
+}
+
+impl Drop for ChannelReader {
+    fn drop(&mut self) {
+        // A download waiting for room stops instead of waiting forever.
+        self.room.close();
+    }
 }
 
 impl BufRead for ChannelReader {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
         while self.buf.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(b) => self.buf = b,
+            self.freed += std::mem::take(&mut self.taken);
+            if self.freed >= LEAD_STEP {
+                self.hand_back();
+            }
+            let next = match self.rx.try_recv() {
+                Ok(b) => Some(b),
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
+                    // Nothing received: whatever room is left goes back before waiting, or the download
+                    // could wait for it forever.
+                    self.hand_back();
+                    self.rx.blocking_recv()
+                }
+                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => None,
+            };
+            match next {
+                Some(b) => {
+                    self.taken = b.len().min(LEAD);
+                    self.buf = b;
+                }
                 None => break,
             }
         }
@@ -329,20 +403,20 @@ pub(crate) async fn extract_layers(
         let name = layer.digest.clone();
         x = match source {
             Source::Registry { reg, from } => {
-                // Chunks as hyper reads them (up to about 400 KiB each): 16 bound the download's lead over
-                // the extraction to a few MiB (64 held up to 25 MiB, for no speed gain).
-                let (mut tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<bytes::Bytes>();
+                let room = std::sync::Arc::new(tokio::sync::Semaphore::new(LEAD));
+                let mut sink = LayerSink {
+                    tx,
+                    room: room.clone(),
+                };
                 let lname = name.clone();
                 let task = tokio::task::spawn_blocking(move || {
-                    let r = ChannelReader {
-                        rx,
-                        buf: bytes::Bytes::new(),
-                    };
+                    let r = ChannelReader::new(rx, room);
                     let res = apply_and_drain(&mut x, &lname, r);
                     (x, res)
                 });
-                let dl = reg.stream_blob(from, layer, &mut tx).await;
-                drop(tx);
+                let dl = reg.stream_blob(from, layer, &mut sink).await;
+                drop(sink);
                 let (xx, res) = task.await.map_err(|_| PullError::Join {
                     image: image.to_owned(),
                 })?;

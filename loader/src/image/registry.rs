@@ -260,15 +260,6 @@ impl BlobSink for Vec<u8> {
     }
 }
 
-/// The chunks as received (no copy), to a reader on another thread.
-impl BlobSink for tokio::sync::mpsc::Sender<bytes::Bytes> {
-    async fn write(&mut self, chunk: bytes::Bytes) -> std::io::Result<()> {
-        self.send(chunk).await.map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the layer reader stopped")
-        })
-    }
-}
-
 /// A registry client configured from [`RegistryOptions`].
 pub struct Registry {
     client: Client,

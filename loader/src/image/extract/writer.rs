@@ -7,7 +7,8 @@
 //! buffer is a single message. The extractor only lets this thread create a file
 //! where nothing can exist yet (in a directory the extractor created, under a name it has not used), and
 //! waits for the queue to drain ([`Writer::barrier`]) before it looks at or changes anything else on disk, so
-//! the order of the layer's entries is kept. Content travels in buffers of [`CHUNK`] bytes that this thread
+//! the order of the layer's entries is kept. Operations travel in batches ([`BATCH_OPS`], [`BATCH_BYTES`]),
+//! so the thread is woken once per batch rather than once per file. Content travels in buffers of [`CHUNK`] bytes that this thread
 //! hands back once written ([`Writer::buffer`]): at most [`BUFFERS`] exist, which bounds the memory in
 //! flight, and a buffer is zeroed once, when it is made, not for every piece. The first error stops the
 //! writing and is reported by [`Writer::check`], [`Writer::barrier`] or [`Writer::finish`].
@@ -25,8 +26,12 @@ use std::thread::JoinHandle;
 pub(super) const CHUNK: usize = 256 << 10;
 /// Content buffers at most (so at most `BUFFERS * CHUNK` bytes of content are in memory).
 const BUFFERS: usize = 24;
-/// Operations queued at most.
-const QUEUE: usize = 64;
+/// Operations sent together (one wake-up of the thread): at most this many, or once they carry
+/// [`BATCH_BYTES`] of content.
+const BATCH_OPS: usize = 16;
+const BATCH_BYTES: usize = 1 << 20;
+/// Batches queued at most.
+const QUEUE: usize = 8;
 
 /// Opens a file: the one the extractor opened, or one this thread creates at `path` with `mode`.
 pub(super) struct Start {
@@ -67,7 +72,10 @@ impl Failure {
 
 /// The writer thread and its queue.
 pub(super) struct Writer {
-    tx: Option<SyncSender<Op>>,
+    tx: Option<SyncSender<Vec<Op>>>,
+    /// Operations not sent yet, and the content they carry.
+    batch: Vec<Op>,
+    batch_bytes: usize,
     thread: Option<JoinHandle<()>>,
     failure: Arc<Failure>,
     /// Buffers handed back by the thread.
@@ -101,11 +109,11 @@ fn open(start: Start) -> Result<(File, PathBuf), (PathBuf, io::Error)> {
     }
 }
 
-fn run(rx: &Receiver<Op>, spare: &Sender<Vec<u8>>, failure: &Failure) {
+fn run(rx: &Receiver<Vec<Op>>, spare: &Sender<Vec<u8>>, failure: &Failure) {
     // Files are created with their mode: it only needs setting again when the umask took bits away.
     let umask = umask();
     let mut current: Option<(File, PathBuf)> = None;
-    for op in rx {
+    for op in rx.iter().flatten() {
         let (start, data, end) = match op {
             Op::Barrier(ack) => {
                 let _ = ack.send(());
@@ -147,7 +155,7 @@ fn run(rx: &Receiver<Op>, spare: &Sender<Vec<u8>>, failure: &Failure) {
 impl Writer {
     /// Starts the thread.
     pub(super) fn start() -> io::Result<Self> {
-        let (tx, rx) = sync_channel::<Op>(QUEUE);
+        let (tx, rx) = sync_channel::<Vec<Op>>(QUEUE);
         let (spare_tx, spare) = channel();
         let failure = Arc::new(Failure::default());
         let f = failure.clone();
@@ -156,6 +164,8 @@ impl Writer {
             .spawn(move || run(&rx, &spare_tx, &f))?;
         Ok(Self {
             tx: Some(tx),
+            batch: Vec::new(),
+            batch_bytes: 0,
             thread: Some(thread),
             failure,
             spare,
@@ -177,6 +187,8 @@ impl Writer {
             self.made += 1;
             return Ok(vec![0; CHUNK]);
         }
+        // Some buffers may wait in the batch: send it before waiting for one to come back.
+        self.flush()?;
         self.spare.recv().map_err(|_| Self::gone())
     }
 
@@ -192,18 +204,40 @@ impl Writer {
         )
     }
 
-    /// Queues an operation (blocks while the queue is full).
-    pub(super) fn send(&self, op: Op) -> Result<(), (PathBuf, io::Error)> {
+    /// Queues an operation: batched, the batch is sent when full (blocks while the queue is full).
+    pub(super) fn send(&mut self, op: Op) -> Result<(), (PathBuf, io::Error)> {
+        if let Op::Piece {
+            data: Some((_, len)),
+            ..
+        } = &op
+        {
+            self.batch_bytes += len;
+        }
+        self.batch.push(op);
+        if self.batch.len() >= BATCH_OPS || self.batch_bytes >= BATCH_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Sends the batch.
+    fn flush(&mut self) -> Result<(), (PathBuf, io::Error)> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
         match &self.tx {
-            Some(tx) => tx.send(op).map_err(|_| Self::gone()),
+            Some(tx) => tx.send(batch).map_err(|_| Self::gone()),
             None => Err(Self::gone()),
         }
     }
 
     /// Waits until everything queued so far is done; the first error, if any.
-    pub(super) fn barrier(&self) -> Result<(), (PathBuf, io::Error)> {
+    pub(super) fn barrier(&mut self) -> Result<(), (PathBuf, io::Error)> {
         let (ack_tx, ack_rx) = sync_channel(1);
-        self.send(Op::Barrier(ack_tx))?;
+        self.batch.push(Op::Barrier(ack_tx));
+        self.flush()?;
         ack_rx.recv().map_err(|_| Self::gone())?;
         self.check()
     }
@@ -232,6 +266,7 @@ impl Writer {
 
     /// Closes the queue and joins the thread; false when the thread panicked.
     fn stop(&mut self) -> bool {
+        let _ = self.flush();
         drop(self.tx.take());
         self.thread.take().is_none_or(|t| t.join().is_ok())
     }
