@@ -119,13 +119,17 @@ pub async fn serve_tls(
                 .into_owned();
             // The connection gets a task of its own that polls nothing else; the watchdog stays in this one and
             // aborts it (a `select!` of both would poll the watchdog's timer at every wake-up of the connection).
+            // `closed` resolves when the connection's task ends (its sender is dropped), so the watchdog and its
+            // task's memory go with the connection, not at the next tick.
+            let (ended, closed) = tokio::sync::oneshot::channel::<()>();
             let served = tokio::spawn(async move {
+                let _ended = ended;
                 if let Err(e) = watcher.watch(conn).await {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
             })
             .abort_handle();
-            if watchdog(&activity, opts.request_timeout, || served.is_finished()).await {
+            if watchdog(&activity, opts.request_timeout, closed).await {
                 served.abort();
                 tracing::debug!(%peer, timeout = ?opts.request_timeout,
                     "request not read and answered in time; closing the connection");
@@ -186,18 +190,23 @@ impl Activity {
     }
 }
 
-/// Returns true once a request on the connection has been in progress for longer than `limit`, false once the
-/// connection is `finished`. Wakes four times per `limit`.
-async fn watchdog(activity: &Activity, limit: Duration, finished: impl Fn() -> bool) -> bool {
+/// Returns true once a request on the connection has been in progress for longer than `limit` (checked four times
+/// per `limit`), false as soon as `closed` resolves (the connection ended).
+async fn watchdog(
+    activity: &Activity,
+    limit: Duration,
+    mut closed: tokio::sync::oneshot::Receiver<()>,
+) -> bool {
     let mut ticks = tokio::time::interval((limit / 4).max(Duration::from_millis(10)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticks.tick().await;
-        if finished() {
-            return false;
-        }
-        if activity.busy_for().is_some_and(|d| d > limit) {
-            return true;
+        tokio::select! {
+            _ = &mut closed => return false,
+            _ = ticks.tick() => {
+                if activity.busy_for().is_some_and(|d| d > limit) {
+                    return true;
+                }
+            }
         }
     }
 }
@@ -283,20 +292,28 @@ mod tests {
     async fn the_watchdog_fires_only_for_a_request_busy_too_long() {
         let a = Activity::default();
         let limit = Duration::from_millis(40);
+        let (_open, closed) = tokio::sync::oneshot::channel::<()>();
         let idle =
-            tokio::time::timeout(Duration::from_millis(200), watchdog(&a, limit, || false)).await;
+            tokio::time::timeout(Duration::from_millis(200), watchdog(&a, limit, closed)).await;
         assert!(idle.is_err(), "fired on an idle connection");
         a.mark_busy();
         let started = Instant::now();
-        let fired = tokio::time::timeout(Duration::from_secs(5), watchdog(&a, limit, || false))
+        let (_open, closed) = tokio::sync::oneshot::channel::<()>();
+        let fired = tokio::time::timeout(Duration::from_secs(5), watchdog(&a, limit, closed))
             .await
             .unwrap();
         let waited = started.elapsed();
         assert!(fired && waited >= limit, "{fired} {waited:?}");
-        // A finished connection ends the watchdog without firing, even while busy.
-        let ended = tokio::time::timeout(Duration::from_secs(5), watchdog(&a, limit, || true))
-            .await
-            .unwrap();
-        assert!(!ended);
+        // A connection that ends stops the watchdog at once, without firing, even while busy and with a long limit.
+        let (ended, closed) = tokio::sync::oneshot::channel::<()>();
+        drop(ended);
+        let started = Instant::now();
+        let fired = tokio::time::timeout(
+            Duration::from_secs(5),
+            watchdog(&a, Duration::from_secs(60), closed),
+        )
+        .await
+        .unwrap();
+        assert!(!fired && started.elapsed() < Duration::from_secs(1));
     }
 }
