@@ -215,6 +215,24 @@ fn request(path: &str, body: Vec<u8>) -> http::Request<Full<Bytes>> {
         .unwrap()
 }
 
+/// The server closed a slow client's connection after the 1 s client timeout (and its watchdog tick), not before.
+fn assert_dropped_after_timeout(start: Instant) {
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
+        "{waited:?}"
+    );
+}
+
+/// The HTTP status of a pod review sent on `sender`.
+async fn pod_status(sender: &mut H1, uid: &str) -> u16 {
+    send(sender, "/mutate-pod", review(uid))
+        .await
+        .unwrap()
+        .0
+        .as_u16()
+}
+
 async fn send(
     sender: &mut H1,
     path: &str,
@@ -484,22 +502,12 @@ async fn limits_and_slow_clients() {
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
         .await
         .unwrap();
-    let waited = start.elapsed();
-    assert!(
-        waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
-        "{waited:?}"
-    );
+    assert_dropped_after_timeout(start);
 
     // A TLS client that sends a whole head and then trickles its body is dropped too, while a keep-alive connection
     // that answered a request and then sits idle for longer than the timeout is kept.
     let mut idle = h1(tls(wh.https, Arc::clone(&cfg)).await.unwrap()).await;
-    assert_eq!(
-        send(&mut idle, "/mutate-pod", review("before-idle"))
-            .await
-            .unwrap()
-            .0,
-        200
-    );
+    assert_eq!(pod_status(&mut idle, "before-idle").await, 200);
     let mut stream = tls(wh.https, Arc::clone(&cfg)).await.unwrap();
     stream
         .write_all(
@@ -523,33 +531,20 @@ async fn limits_and_slow_clients() {
     let rest = tokio::time::timeout(Duration::from_secs(6), trickle)
         .await
         .unwrap();
-    let waited = start.elapsed();
-    assert!(
-        waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
-        "{waited:?}"
-    );
+    assert_dropped_after_timeout(start);
     assert!(
         !String::from_utf8_lossy(&rest).contains("\"allowed\""),
         "answered a request whose body never came"
     );
     assert_eq!(
-        send(&mut idle, "/mutate-pod", review("after-idle"))
-            .await
-            .unwrap()
-            .0,
+        pod_status(&mut idle, "after-idle").await,
         200,
         "idle keep-alive connection was closed"
     );
 
     // The server still answers.
     let mut sender = h1(tls(wh.https, cfg).await.unwrap()).await;
-    assert_eq!(
-        send(&mut sender, "/mutate-pod", review("still"))
-            .await
-            .unwrap()
-            .0,
-        200
-    );
+    assert_eq!(pod_status(&mut sender, "still").await, 200);
 }
 
 #[tokio::test]
