@@ -2,13 +2,13 @@
 //! handshake timeout and a request timeout against slow clients, and a graceful drain on shutdown: stop accepting,
 //! let in-flight requests finish (connections get a GOAWAY / `Connection: close`), give up after the drain timeout.
 //!
-//! The request timeout is kept per connection, not per request: a request is busy from its first byte (or, on
-//! HTTP/2, from the call of the service) until its answer is ready; a watchdog on the connection, waking four times
-//! per timeout, closes the connection when a request has been busy longer than the timeout. This covers a trickled
-//! head, a trickled body and anything in between, and costs no timer per request: arming two tokio timers per
-//! request (hyper's header read timeout and a timeout layer) cost a third of the webhook's throughput
-//! (`cargo xtask bench webhook`). Idle keep-alive connections are not busy and are left open, as the API server
-//! reuses them.
+//! The request timeout is kept per connection, not per request: a request is busy from its first byte (on HTTP/2,
+//! negotiated by ALPN, from the call of the service, as idle HTTP/2 connections receive PING frames) until its
+//! answer is ready; a watchdog on the connection, waking four times per timeout, closes the connection when a
+//! request has been busy longer than the timeout. This covers a trickled head, a trickled body and anything in
+//! between, and costs no timer per request: arming two tokio timers per request (hyper's header read timeout and a
+//! timeout layer) cost a third of the webhook's throughput (`cargo xtask bench webhook`). Idle keep-alive
+//! connections are not busy and are left open, as the API server reuses them.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -110,9 +110,13 @@ pub async fn serve_tls(
                     res
                 }
             });
+            // HTTP/2 sends frames that are not requests (PING, SETTINGS, WINDOW_UPDATE): there a request is busy only
+            // from the call of the service. On HTTP/1 every byte belongs to a request.
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
             let io = Watched {
                 inner: tls,
                 activity: Arc::clone(&activity),
+                reads_are_requests: !h2,
             };
             let conn = builder
                 .serve_connection(TokioIo::new(io), service)
@@ -215,6 +219,8 @@ async fn watchdog(
 struct Watched<T> {
     inner: T,
     activity: Arc<Activity>,
+    /// Whether bytes read start a request (HTTP/1).
+    reads_are_requests: bool,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
@@ -225,7 +231,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
+        if self.reads_are_requests && buf.filled().len() > before {
             self.activity.mark_busy();
         }
         res

@@ -542,6 +542,31 @@ async fn limits_and_slow_clients() {
         "idle keep-alive connection was closed"
     );
 
+    // An HTTP/2 connection that pings every 100 ms between two requests, for longer than the timeout, is kept: pings
+    // are not requests.
+    let stream = tls(
+        wh.https,
+        client_config(&a.ca_pem, rustls::ALL_VERSIONS, &[b"h2"]),
+    )
+    .await
+    .unwrap();
+    let (mut h2, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Duration::from_millis(100))
+        .keep_alive_while_idle(true)
+        .handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for uid in ["h2-before-pings", "h2-after-pings"] {
+        let resp = h2
+            .send_request(request("/mutate-pod", review(uid)))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{uid}");
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+    }
+
     // The server still answers.
     let mut sender = h1(tls(wh.https, cfg).await.unwrap()).await;
     assert_eq!(pod_status(&mut sender, "still").await, 200);
