@@ -263,21 +263,9 @@ pub enum Denial {
     NoSpec,
 }
 
-/// The Modules a pod needs, in a stable order (annotation order, then containers' resources), without duplicates.
-pub fn needed_modules(
-    pod: &PodView,
-    namespace: &str,
-    catalog: &dyn Catalog,
-) -> Result<Vec<Arc<Module>>, Denial> {
-    let cfg = MutateConfig::new("");
-    Ok(needed(pod, namespace, catalog, &cfg)?
-        .into_iter()
-        .map(|p| Arc::clone(&p.module))
-        .collect())
-}
-
-/// [`needed_modules`], prepared.
-fn needed(
+/// The Modules a pod needs, prepared, in a stable order (annotation order, then containers' resources), without
+/// duplicates.
+fn needed_modules(
     pod: &PodView,
     namespace: &str,
     catalog: &dyn Catalog,
@@ -286,9 +274,8 @@ fn needed(
     let mut out: Vec<Arc<Prepared>> = Vec::new();
     let push = |m: &Arc<Module>, out: &mut Vec<Arc<Prepared>>| {
         let same = |p: &Arc<Prepared>| {
-            Arc::ptr_eq(&p.module, m)
-                || (p.module.namespace_or_empty() == m.namespace_or_empty()
-                    && p.module.name_or_empty() == m.name_or_empty())
+            p.module.namespace_or_empty() == m.namespace_or_empty()
+                && p.module.name_or_empty() == m.name_or_empty()
         };
         if !out.iter().any(same) {
             out.push(cfg.prepared.get(m, cfg));
@@ -638,7 +625,7 @@ pub fn mutate_pod(
     catalog: &dyn Catalog,
     cfg: &MutateConfig,
 ) -> Result<Patch, Denial> {
-    let modules = needed(pod, namespace, catalog, cfg)?;
+    let modules = needed_modules(pod, namespace, catalog, cfg)?;
     if modules.is_empty() {
         return Ok(Patch(Vec::new()));
     }
@@ -670,15 +657,15 @@ pub fn mutate_pod(
     let mut names: Vec<String> = Vec::with_capacity(modules.len());
     let mut new_containers: Vec<String> = Vec::new();
     for p in &modules {
-        let short = names
+        let long = names
             .contains(&p.short_name)
             .then(|| container_name(&[p.module.namespace_or_empty(), p.module.name_or_empty()]));
-        let name = short.as_ref().unwrap_or(&p.short_name);
+        let name = long.as_ref().unwrap_or(&p.short_name);
         names.push(name.clone());
         if existing(name) {
             continue;
         }
-        let json = match &short {
+        let json = match &long {
             None => p.wait_json.clone(),
             Some(long) => wait_container(&p.module, long.clone(), cfg).map(|c| to_json_text(&c)),
         };
@@ -700,18 +687,8 @@ pub fn mutate_pod(
 }
 
 /// A JSON array of values given as JSON text.
-fn json_array<S: AsRef<str>>(items: &[S]) -> String {
-    let len: usize = items.iter().map(|i| i.as_ref().len() + 1).sum();
-    let mut out = String::with_capacity(len + 2);
-    out.push('[');
-    for (i, item) in items.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(item.as_ref());
-    }
-    out.push(']');
-    out
+fn json_array<S: std::borrow::Borrow<str>>(items: &[S]) -> String {
+    format!("[{}]", items.join(","))
 }
 
 #[cfg(test)]
