@@ -106,6 +106,15 @@ fn push_test_image(
     (work, digest)
 }
 
+/// `GET /v2/` requests (authentication probes) kmm-loader sent, from the registry's access log.
+fn probes(server: &RegistryServer) -> usize {
+    server
+        .log()
+        .lines()
+        .filter(|l| l.contains("\"GET /v2/ HTTP") && l.contains("kmm-loader/"))
+        .count()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn image_pull_plain_http_matches_skopeo_and_caches() {
     let server = RegistryServer::start_plain().unwrap();
@@ -127,6 +136,13 @@ async fn image_pull_plain_http_matches_skopeo_and_caches() {
     assert_eq!(
         fs::read(out.join(format!("lib/modules/{KVER}/kmm_a.ko"))).unwrap(),
         b"module a v1"
+    );
+    // A registry without authentication is not asked how to authenticate (no `GET /v2/` before the requests).
+    assert_eq!(
+        probes(&server),
+        0,
+        "anonymous pull probed /v2/:\n{}",
+        server.log()
     );
     assert_eq!(
         fs::read(out.join("firmware/kmm/fw.bin")).unwrap(),
@@ -267,6 +283,8 @@ async fn image_pull_tls_htpasswd_basic_auth() {
     .unwrap();
     assert_eq!(printed.trim(), digest);
     assert_eq!(tree(&out), expected_tree());
+    // With credentials the registry is asked once how to authenticate, not before every request.
+    assert_eq!(probes(&server), 1, "{}", server.log());
 
     // Skipping verification instead of trusting the CA works too.
     let out_skip = work.path().join("skip");

@@ -389,7 +389,15 @@ pub(crate) enum Source<'a> {
     Layout(Layout),
 }
 
+/// A check that must pass before the first layer's content reaches the extractor (the image configuration's
+/// platform), run while that layer's download starts.
+pub(crate) type Gate<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), PullError>> + Send + 'a>>;
+
 /// Streams every layer of `manifest` from `source` through the extractor into `target` (which must exist).
+/// With a registry source, `gate` runs alongside the first layer's request and the extraction starts only
+/// once it passed (the download meanwhile runs up to [`LEAD`] bytes ahead); when it fails, the download
+/// stops and its error is returned. A layout source awaits `gate` first.
 pub(crate) async fn extract_layers(
     image: &str,
     source: &Source<'_>,
@@ -397,8 +405,15 @@ pub(crate) async fn extract_layers(
     target: &Path,
     mappings: Vec<Mapping>,
     limits: Limits,
+    gate: Option<Gate<'_>>,
 ) -> Result<Stats, PullError> {
     let mut x = Extractor::new(target, mappings, limits);
+    let mut gate = gate;
+    if matches!(source, Source::Layout(_))
+        && let Some(g) = gate.take()
+    {
+        g.await?;
+    }
     for layer in &manifest.layers {
         let name = layer.digest.clone();
         x = match source {
@@ -410,16 +425,33 @@ pub(crate) async fn extract_layers(
                     room: room.clone(),
                 };
                 let lname = name.clone();
-                let task = tokio::task::spawn_blocking(move || {
-                    let r = ChannelReader::new(rx, room);
-                    let res = apply_and_drain(&mut x, &lname, r);
-                    (x, res)
-                });
-                let dl = reg.stream_blob(from, layer, &mut sink).await;
-                drop(sink);
-                let (xx, res) = task.await.map_err(|_| PullError::Join {
-                    image: image.to_owned(),
-                })?;
+                let gate = gate.take();
+                let extract = async move {
+                    if let Some(g) = gate
+                        && let Err(e) = g.await
+                    {
+                        // The download stops at its next chunk (the receiver is dropped with this future)
+                        // or while waiting for room.
+                        room.close();
+                        return Err(e);
+                    }
+                    tokio::task::spawn_blocking(move || {
+                        let r = ChannelReader::new(rx, room);
+                        let res = apply_and_drain(&mut x, &lname, r);
+                        (x, res)
+                    })
+                    .await
+                    .map_err(|_| PullError::Join {
+                        image: image.to_owned(),
+                    })
+                };
+                let download = async {
+                    let dl = reg.stream_blob(from, layer, &mut sink).await;
+                    drop(sink);
+                    dl
+                };
+                let (dl, extracted) = tokio::join!(download, extract);
+                let (xx, res) = extracted?;
                 // Content that does not match its digest explains any extraction failure; otherwise a
                 // refusal by the extractor explains a broken pipe on the download side.
                 if let Err(e @ RegistryError::VerifyDigest { .. }) = dl {
@@ -467,6 +499,10 @@ pub(crate) async fn extract_layers(
                 xx
             }
         };
+    }
+    if let Some(g) = gate {
+        // No layers.
+        g.await?;
     }
     let image_owned = image.to_owned();
     tokio::task::spawn_blocking(move || x.finish())
@@ -725,8 +761,8 @@ async fn pull_once(
             source: source_name,
         });
     }
-    check_config(&image, &source, &manifest.config, opts).await?;
     let tmp = temp_dir_for(out)?;
+    let gate: Gate<'_> = Box::pin(check_config(&image, &source, &manifest.config, opts));
     let stats = extract_layers(
         &image,
         &source,
@@ -734,6 +770,7 @@ async fn pull_once(
         tmp.path(),
         spec.mappings(),
         limits,
+        Some(gate),
     )
     .await?;
     let kdir = format!("lib/modules/{}", spec.kernel);

@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use futures::StreamExt;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
@@ -14,6 +13,8 @@ use oci_client::{Client, RegistryOperation};
 use super::auth::Credentials;
 use super::manifest::{ACCEPTED_MANIFESTS, Descriptor, Document, Manifest, Platform};
 use super::reference::{Digest, RegistryRef};
+
+mod fetch;
 
 /// Options for every registry operation.
 #[derive(Clone, Debug)]
@@ -260,9 +261,12 @@ impl BlobSink for Vec<u8> {
     }
 }
 
-/// A registry client configured from [`RegistryOptions`].
+/// A registry client configured from [`RegistryOptions`]: reads go through [`fetch::Reader`], pushes
+/// through oci-client (built on first use).
 pub struct Registry {
-    client: Client,
+    reader: fetch::Reader,
+    oci: std::sync::OnceLock<Client>,
+    extra_roots: Vec<Vec<u8>>,
     opts: RegistryOptions,
 }
 
@@ -288,29 +292,55 @@ pub fn ensure_crypto_provider() {
     }
 }
 
+/// The `Docker-Content-Digest` header, when it names a sha256 digest.
+fn header_digest(headers: &::http::HeaderMap) -> Option<String> {
+    headers
+        .get("Docker-Content-Digest")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.starts_with("sha256:"))
+        .map(str::to_owned)
+}
+
 impl Registry {
-    /// Builds the client (reads the CA files).
+    /// Builds the client (reads the CA files; the HTTP clients are made on first use).
     pub fn new(opts: &RegistryOptions) -> Result<Self, RegistryError> {
         ensure_crypto_provider();
-        let mut extra = Vec::new();
+        let mut extra_roots = Vec::new();
         for path in &opts.ca_files {
             let data = std::fs::read(path).map_err(|source| RegistryError::ReadCaFile {
                 path: path.clone(),
                 source,
             })?;
-            extra.push(Certificate {
-                encoding: CertificateEncoding::Pem,
-                data,
-            });
+            extra_roots.push(data);
+        }
+        Ok(Self {
+            reader: fetch::Reader::new(opts, extra_roots.clone()),
+            oci: std::sync::OnceLock::new(),
+            extra_roots,
+            opts: opts.clone(),
+        })
+    }
+
+    /// The oci-client client used for pushes, built on first use.
+    fn oci(&self) -> Result<&Client, RegistryError> {
+        if let Some(c) = self.oci.get() {
+            return Ok(c);
         }
         let config = ClientConfig {
-            protocol: if opts.insecure {
+            protocol: if self.opts.insecure {
                 ClientProtocol::Http
             } else {
                 ClientProtocol::Https
             },
-            accept_invalid_certificates: opts.insecure_skip_tls_verify,
-            extra_root_certificates: extra,
+            accept_invalid_certificates: self.opts.insecure_skip_tls_verify,
+            extra_root_certificates: self
+                .extra_roots
+                .iter()
+                .map(|data| Certificate {
+                    encoding: CertificateEncoding::Pem,
+                    data: data.clone(),
+                })
+                .collect(),
             platform_resolver: None,
             connect_timeout: Some(Duration::from_secs(10)),
             read_timeout: Some(Duration::from_secs(60)),
@@ -318,10 +348,7 @@ impl Registry {
             ..ClientConfig::default()
         };
         let client = Client::try_from(config).map_err(RegistryError::CreateClient)?;
-        Ok(Self {
-            client,
-            opts: opts.clone(),
-        })
+        Ok(self.oci.get_or_init(|| client))
     }
 
     /// The options this client was built with.
@@ -371,29 +398,33 @@ impl Registry {
         }
     }
 
+    /// Fetches the manifest bytes of `r`, checked against the reference's digest, else the registry's
+    /// `Docker-Content-Digest` header (a mismatch is reported as corrupt content, not retried).
     async fn fetch_manifest(&self, r: &RegistryRef) -> Result<(Vec<u8>, Digest), RegistryError> {
-        let oref = r.to_oci();
-        let auth = self.auth(r);
+        let accept = ACCEPTED_MANIFESTS.join(", ");
+        let path = format!("manifests/{}", r.reference());
         let (bytes, digest) = self
-            .retry("pull the manifest of", r, || {
-                self.client
-                    .pull_manifest_raw(&oref, &auth, ACCEPTED_MANIFESTS)
+            .retry("pull the manifest of", r, || async {
+                let res = self.reader.pull(r, &path, Some(&accept)).await?;
+                let header = header_digest(res.headers());
+                let bytes = res.bytes().await?;
+                let actual = Digest::of(&bytes);
+                let expected = match (&r.digest, header) {
+                    (Some(d), _) => Some(d.to_string()),
+                    (None, h) => h,
+                };
+                match expected {
+                    Some(e) if e != actual.as_str() => Err(OciDistributionError::DigestError(
+                        DigestError::VerificationError {
+                            expected: e,
+                            actual: actual.to_string(),
+                        },
+                    )),
+                    _ => Ok((bytes, actual)),
+                }
             })
             .await?;
-        let actual = Digest::of(&bytes);
-        let expected = match &r.digest {
-            Some(d) => d.to_string(),
-            None => digest,
-        };
-        if actual.as_str() != expected {
-            return Err(RegistryError::VerifyDigest {
-                image: r.to_string(),
-                what: "the manifest".to_owned(),
-                expected,
-                actual: actual.to_string(),
-            });
-        }
-        Ok((bytes.to_vec(), actual))
+        Ok((bytes.to_vec(), digest))
     }
 
     /// Fetches the manifest of `r` from one registry (no mirrors) and resolves an index to the platform.
@@ -450,51 +481,44 @@ impl Registry {
     }
 
     /// Streams a blob, checking its size and digest; `sink` gets every chunk. The digest is checked at the
-    /// end, so the caller must discard what `sink` built when this fails. The sha256 is computed by
-    /// oci-client's blob stream (it checks every blob it streams against the descriptor's digest, and against
-    /// the registry's `Docker-Content-Digest` header when that differs, and fails the stream's last item on a
-    /// mismatch), so it is not computed a second time here; e2e `image_errors` corrupts a stored blob.
+    /// end, so the caller must discard what `sink` built when this fails (e2e `image_errors` corrupts a stored
+    /// blob). A `Docker-Content-Digest` header naming another sha256 digest fails at once.
     pub async fn stream_blob<S: BlobSink>(
         &self,
         r: &RegistryRef,
         desc: &Descriptor,
         sink: &mut S,
     ) -> Result<(), RegistryError> {
-        let oref = r.to_oci();
-        let auth = self.auth(r);
-        self.client.store_auth_if_needed(&r.registry, &auth).await;
+        use sha2::Digest as _;
         let verify = |expected: &str, actual: String| RegistryError::VerifyDigest {
             image: r.to_string(),
             what: format!("blob {}", desc.digest),
             expected: expected.to_owned(),
             actual,
         };
-        let mut stream = self
-            .retry("pull a blob of", r, || {
-                self.client.pull_blob_stream(&oref, desc.digest.as_str())
-            })
+        let expected =
+            Digest::parse(&desc.digest).map_err(|e| verify(&desc.digest, e.to_string()))?;
+        let path = format!("blobs/{}", desc.digest);
+        let mut res = self
+            .retry("pull a blob of", r, || self.reader.pull(r, &path, None))
             .await?;
+        if let Some(h) = header_digest(res.headers())
+            && h != desc.digest
+        {
+            return Err(verify(&desc.digest, format!("{h} (the registry's header)")));
+        }
+        let mut hasher = sha2::Sha256::new();
         let mut size: u64 = 0;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| {
-                let digest_error = e
-                    .get_ref()
-                    .and_then(|inner| inner.downcast_ref::<DigestError>());
-                match digest_error {
-                    Some(DigestError::VerificationError { expected, actual }) => {
-                        verify(expected, actual.clone())
-                    }
-                    Some(other) => verify(&desc.digest, other.to_string()),
-                    None => RegistryError::Request {
-                        operation: "pull a blob of",
-                        image: r.to_string(),
-                        attempts: 1,
-                        kind: FailureKind::Transient,
-                        hint: FailureKind::Transient.hint(),
-                        source: OciDistributionError::IoError(e),
-                    },
-                }
+        loop {
+            let chunk = res.chunk().await.map_err(|e| RegistryError::Request {
+                operation: "pull a blob of",
+                image: r.to_string(),
+                attempts: 1,
+                kind: FailureKind::Transient,
+                hint: FailureKind::Transient.hint(),
+                source: OciDistributionError::RequestError(e),
             })?;
+            let Some(chunk) = chunk else { break };
             size += chunk.len() as u64;
             if size > desc.size {
                 return Err(verify(
@@ -502,6 +526,7 @@ impl Registry {
                     format!("more than {} bytes", desc.size),
                 ));
             }
+            hasher.update(&chunk);
             sink.write(chunk)
                 .await
                 .map_err(|e| RegistryError::Request {
@@ -518,6 +543,10 @@ impl Registry {
                 &format!("{} ({} bytes)", desc.digest, desc.size),
                 format!("{size} bytes"),
             ));
+        }
+        let actual = Digest::from_hasher(hasher);
+        if actual != expected {
+            return Err(verify(&desc.digest, actual.to_string()));
         }
         Ok(())
     }
@@ -537,8 +566,9 @@ impl Registry {
     pub async fn auth_push(&self, r: &RegistryRef) -> Result<(), RegistryError> {
         let oref = r.to_oci();
         let auth = self.auth(r);
+        let oci = self.oci()?;
         self.retry("authenticate for pushing", r, || {
-            self.client.auth(&oref, &auth, RegistryOperation::Push)
+            oci.auth(&oref, &auth, RegistryOperation::Push)
         })
         .await?;
         Ok(())
@@ -547,10 +577,9 @@ impl Registry {
     /// True when the blob is present in `r`'s repository.
     pub async fn blob_exists(&self, r: &RegistryRef, digest: &str) -> Result<bool, RegistryError> {
         let oref = r.to_oci();
-        self.retry("check a blob of", r, || {
-            self.client.blob_exists(&oref, digest)
-        })
-        .await
+        let oci = self.oci()?;
+        self.retry("check a blob of", r, || oci.blob_exists(&oref, digest))
+            .await
     }
 
     /// Uploads a blob to `r`'s repository unless it is there already.
@@ -564,8 +593,9 @@ impl Registry {
             return Ok(());
         }
         let oref = r.to_oci();
+        let oci = self.oci()?;
         self.retry("push a blob to", r, || {
-            self.client.push_blob(&oref, data.clone(), digest)
+            oci.push_blob(&oref, data.clone(), digest)
         })
         .await?;
         Ok(())
@@ -585,7 +615,7 @@ impl Registry {
         if from.registry == to.registry {
             let (oto, ofrom) = (to.to_oci(), from.to_oci());
             if self
-                .client
+                .oci()?
                 .mount_blob(&oto, &ofrom, &desc.digest)
                 .await
                 .is_ok()
@@ -606,15 +636,16 @@ impl Registry {
         media_type: &str,
     ) -> Result<Digest, RegistryError> {
         let oref = r.to_oci();
-        let ct =
-            http::HeaderValue::from_str(media_type).map_err(|e| RegistryError::ParseManifest {
+        let ct = ::http::HeaderValue::from_str(media_type).map_err(|e| {
+            RegistryError::ParseManifest {
                 image: r.to_string(),
                 reason: e.to_string(),
-            })?;
+            }
+        })?;
         let digest = Digest::of(&raw);
+        let oci = self.oci()?;
         self.retry("push the manifest of", r, || {
-            self.client
-                .push_manifest_raw(&oref, raw.clone(), ct.clone())
+            oci.push_manifest_raw(&oref, raw.clone(), ct.clone())
         })
         .await?;
         Ok(digest)

@@ -211,6 +211,7 @@ pub async fn sign_image(
         &tree,
         vec![Mapping::new(&dir, "")],
         limits,
+        None,
     )
     .await?;
 
