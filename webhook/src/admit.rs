@@ -114,10 +114,10 @@ fn pod_with(
 
 /// One pass over a well-formed review whose object is read directly as the endpoint's type (Pods and Modules,
 /// the hot paths); `None` sends the body through the general path.
-pub(crate) fn fast(endpoint: Endpoint, body: &[u8], ctx: &Context) -> Option<(Request, Verdict)> {
+pub fn fast(endpoint: Endpoint, body: &[u8], ctx: &Context) -> Option<(Request, Verdict)> {
     match endpoint {
         Endpoint::Pod => {
-            let (req, pod) = crate::review::parse_as::<PodView>(body)?;
+            let (req, pod) = crate::review::parse_scanned(body, PodView::scan)?;
             let verdict = pod_with(&req, ctx, || pod.ok_or_else(|| validate::missing("object")));
             Some((req, verdict))
         }

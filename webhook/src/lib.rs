@@ -6,7 +6,8 @@
 //!   HTTP on a separate port; [`watch`] carries the shutdown signal and the reload-on-change loop.
 //! - [`router`] maps paths to [`admit::Endpoint`]s, enforces the body limit, logs and
 //!   counts each request ([`metrics`]).
-//! - [`review`] parses the `AdmissionReview` and writes the answer; [`admit`] dispatches on the endpoint to pure
+//! - [`review`] parses the `AdmissionReview` (well-formed Pod and Module reviews in one pass with [`scan`]) and writes
+//!   the answer; [`admit`] dispatches on the endpoint to pure
 //!   handlers: [`validate`] (Module, ManagedClusterModule, Namespace, with kmm-api's rules) and [`mutate`] (Pods).
 //! - [`catalog`] is where Modules are looked up: a kube-rs reflector, or a directory of YAML files (standalone).
 //! - [`cli`] is the command line of the `kmm-webhook` binary; [`telemetry`] sets up tracing.
@@ -18,6 +19,7 @@ pub mod metrics;
 pub mod mutate;
 pub mod review;
 pub mod router;
+pub mod scan;
 pub mod server;
 pub mod telemetry;
 pub mod tls;

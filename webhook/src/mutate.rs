@@ -46,11 +46,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::catalog::Catalog;
+use crate::scan::{Scan, once};
 
 /// The parts of a Pod that the mutation reads. Decoding into it skips the rest of the object without building it
 /// (the API server has already validated the Pod against its schema), which is most of the cost of a full
-/// `k8s_openapi` Pod.
-#[derive(Clone, Debug, Default, Deserialize)]
+/// `k8s_openapi` Pod. Well-formed reviews are read by [`PodView::scan`] instead, to the same value.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct PodView {
     /// `metadata`.
     #[serde(default)]
@@ -61,7 +62,7 @@ pub struct PodView {
 }
 
 /// `metadata` of a [`PodView`].
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct PodMetaView {
     /// `metadata.name` (empty with `generateName`).
     #[serde(default)]
@@ -69,13 +70,43 @@ pub struct PodMetaView {
     /// `metadata.namespace`.
     #[serde(default)]
     pub namespace: Option<String>,
-    /// `metadata.annotations`.
+    /// `metadata.annotations`, when present: only the `kmm.sigs.x-k8s.io/modules` annotation is kept.
     #[serde(default)]
-    pub annotations: Option<BTreeMap<String, String>>,
+    pub annotations: Option<ModulesAnnotation>,
+}
+
+/// The `kmm.sigs.x-k8s.io/modules` annotation of an annotations map (whose values must all be strings, as in a
+/// `map[string]string`); the other annotations are skipped.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModulesAnnotation(pub Option<String>);
+
+impl<'de> Deserialize<'de> for ModulesAnnotation {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ModulesAnnotation;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of strings")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut modules = None;
+                while let Some((key, value)) = map.next_entry::<String, String>()? {
+                    if key == POD_MODULES_ANNOTATION {
+                        modules = Some(value);
+                    }
+                }
+                Ok(ModulesAnnotation(modules))
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
 }
 
 /// `spec` of a [`PodView`].
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct PodSpecView {
     /// `spec.containers`.
     #[serde(default)]
@@ -89,7 +120,7 @@ pub struct PodSpecView {
 }
 
 /// A container of a [`PodView`]: its name and the names of the resources it requests or limits.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct ContainerView {
     /// `name`.
     #[serde(default)]
@@ -99,15 +130,207 @@ pub struct ContainerView {
     pub resources: Option<ResourcesView>,
 }
 
-/// `resources` of a [`ContainerView`]: only the resource names are kept.
-#[derive(Clone, Debug, Default, Deserialize)]
+/// `resources` of a [`ContainerView`]: only the extended resource names are kept.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct ResourcesView {
     /// `requests`.
     #[serde(default)]
-    pub requests: Option<BTreeMap<String, IgnoredAny>>,
+    pub requests: Option<ResourceNames>,
     /// `limits`.
     #[serde(default)]
-    pub limits: Option<BTreeMap<String, IgnoredAny>>,
+    pub limits: Option<ResourceNames>,
+}
+
+/// The names of a `requests` or `limits` map that are extended resources (they contain a `/`), in map order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResourceNames(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for ResourceNames {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ResourceNames;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of quantities")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut names = Vec::new();
+                while let Some((key, IgnoredAny)) = map.next_entry::<String, IgnoredAny>()? {
+                    if key.contains('/') {
+                        names.push(key);
+                    }
+                }
+                Ok(ResourceNames(names))
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
+}
+
+/// The one-pass readers (see [`crate::scan`]): each reads exactly what the serde decoding above reads, or answers
+/// `None` (a repeated field, `null` where serde refuses it, a string with escapes where the text is kept, a wrong
+/// type) and the review goes through the serde path. `router::tests::the_fast_path_agrees_with_the_general_path`
+/// and the `fast_path` fuzz target compare both.
+impl PodView {
+    /// Reads a Pod object.
+    pub fn scan(s: &mut Scan<'_>) -> Option<PodView> {
+        let mut pod = PodView::default();
+        let mut seen = 0;
+        s.object(|s, key| {
+            match key {
+                "metadata" => {
+                    once(&mut seen, 0)?;
+                    pod.metadata = PodMetaView::scan(s)?;
+                }
+                "spec" => {
+                    once(&mut seen, 1)?;
+                    if !s.null()? {
+                        pod.spec = Some(PodSpecView::scan(s)?);
+                    }
+                }
+                _ => s.skip()?,
+            }
+            Some(())
+        })?;
+        Some(pod)
+    }
+}
+
+impl PodMetaView {
+    fn scan(s: &mut Scan<'_>) -> Option<PodMetaView> {
+        let mut meta = PodMetaView::default();
+        let mut seen = 0;
+        s.object(|s, key| {
+            match key {
+                "name" => {
+                    once(&mut seen, 0)?;
+                    meta.name = s.opt_str()?.map(str::to_owned);
+                }
+                "namespace" => {
+                    once(&mut seen, 1)?;
+                    meta.namespace = s.opt_str()?.map(str::to_owned);
+                }
+                "annotations" => {
+                    once(&mut seen, 2)?;
+                    if !s.null()? {
+                        let mut modules = None;
+                        s.object(|s, key| {
+                            if key == POD_MODULES_ANNOTATION {
+                                modules = Some(s.str()?.to_owned());
+                                Some(())
+                            } else {
+                                s.skip_str()
+                            }
+                        })?;
+                        meta.annotations = Some(ModulesAnnotation(modules));
+                    }
+                }
+                _ => s.skip()?,
+            }
+            Some(())
+        })?;
+        Some(meta)
+    }
+}
+
+impl PodSpecView {
+    fn scan(s: &mut Scan<'_>) -> Option<PodSpecView> {
+        let mut spec = PodSpecView::default();
+        let mut seen = 0;
+        let containers = |s: &mut Scan<'_>| {
+            let mut list = Vec::new();
+            s.array(|s| {
+                list.push(ContainerView::scan(s)?);
+                Some(())
+            })?;
+            Some(list)
+        };
+        s.object(|s, key| {
+            match key {
+                "containers" => {
+                    once(&mut seen, 0)?;
+                    spec.containers = containers(s)?;
+                }
+                "initContainers" => {
+                    once(&mut seen, 1)?;
+                    if !s.null()? {
+                        spec.init_containers = Some(containers(s)?);
+                    }
+                }
+                "affinity" => {
+                    once(&mut seen, 2)?;
+                    if !s.null()? {
+                        spec.affinity = Some(affinity::scan(s)?);
+                    }
+                }
+                _ => s.skip()?,
+            }
+            Some(())
+        })?;
+        Some(spec)
+    }
+}
+
+impl ContainerView {
+    fn scan(s: &mut Scan<'_>) -> Option<ContainerView> {
+        let mut c = ContainerView::default();
+        let mut seen = 0;
+        s.object(|s, key| {
+            match key {
+                "name" => {
+                    once(&mut seen, 0)?;
+                    c.name = s.str()?.to_owned();
+                }
+                "resources" => {
+                    once(&mut seen, 1)?;
+                    if !s.null()? {
+                        c.resources = Some(ResourcesView::scan(s)?);
+                    }
+                }
+                _ => s.skip()?,
+            }
+            Some(())
+        })?;
+        Some(c)
+    }
+}
+
+impl ResourcesView {
+    fn scan(s: &mut Scan<'_>) -> Option<ResourcesView> {
+        let mut r = ResourcesView::default();
+        let mut seen = 0;
+        let names = |s: &mut Scan<'_>| {
+            if s.null()? {
+                return Some(None);
+            }
+            let mut names = Vec::new();
+            s.object(|s, key| {
+                if key.contains('/') {
+                    names.push(key.to_owned());
+                }
+                s.skip()
+            })?;
+            Some(Some(ResourceNames(names)))
+        };
+        s.object(|s, key| {
+            match key {
+                "requests" => {
+                    once(&mut seen, 0)?;
+                    r.requests = names(s)?;
+                }
+                "limits" => {
+                    once(&mut seen, 1)?;
+                    r.limits = names(s)?;
+                }
+                _ => s.skip()?,
+            }
+            Some(())
+        })?;
+        Some(r)
+    }
 }
 
 /// How the init container is built.
@@ -146,18 +369,19 @@ struct Prepared {
     resource: Option<String>,
     /// The node requirements, and each as JSON text.
     reqs: Vec<NodeSelectorRequirement>,
-    reqs_json: Vec<String>,
+    reqs_json: Vec<Arc<str>>,
     /// `kmm-wait-<name>`, and the init container with that name as JSON text (none when no kmod is named).
     short_name: String,
-    wait_json: Option<String>,
+    wait_json: Option<Arc<str>>,
 }
 
 impl Prepared {
     fn new(m: &Arc<Module>, cfg: &MutateConfig) -> Prepared {
         let reqs = requirements(m);
-        let reqs_json = reqs.iter().map(to_json_text).collect();
+        let reqs_json = reqs.iter().map(|r| Arc::from(to_json_text(r))).collect();
         let short_name = container_name(&[m.name_or_empty()]);
-        let wait_json = wait_container(m, short_name.clone(), cfg).map(|c| to_json_text(&c));
+        let wait_json =
+            wait_container(m, short_name.clone(), cfg).map(|c| Arc::from(to_json_text(&c)));
         Prepared {
             module: Arc::clone(m),
             loader_image: cfg.loader_image.clone(),
@@ -282,11 +506,7 @@ fn needed_modules(
         }
     };
 
-    let annotation = pod
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(POD_MODULES_ANNOTATION));
+    let annotation = pod.metadata.annotations.as_ref().and_then(|a| a.0.as_ref());
     for entry in annotation.into_iter().flat_map(|a| a.split(',')) {
         let entry = entry.trim();
         if entry.is_empty() {
@@ -383,9 +603,8 @@ fn requested_resources(pod: &PodView) -> Vec<&str> {
         .iter()
         .chain(spec.init_containers.iter().flatten())
         .filter_map(|c| c.resources.as_ref())
-        .flat_map(|r| r.requests.iter().flatten().chain(r.limits.iter().flatten()))
-        .map(|(k, _)| k.as_str())
-        .filter(|k| k.contains('/'))
+        .flat_map(|r| r.requests.iter().chain(r.limits.iter()))
+        .flat_map(|names| names.0.iter().map(String::as_str))
         .collect();
     names.sort_unstable();
     names.dedup();
@@ -542,28 +761,58 @@ pub struct AddOp {
     /// Where to add (an RFC 6901 pointer, tokens escaped).
     pub path: String,
     /// The value, as JSON text written by serde_json.
-    value: String,
+    value: Json,
+}
+
+/// JSON text: written for one patch, or shared with a [`Prepared`] Module (an init container is 700 bytes that
+/// every pod of the Module gets).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Json {
+    Owned(String),
+    Shared(Arc<str>),
+}
+
+impl Json {
+    fn as_str(&self) -> &str {
+        match self {
+            Json::Owned(s) => s,
+            Json::Shared(s) => s,
+        }
+    }
 }
 
 impl AddOp {
     /// An `add` of `value` at `path`.
     pub fn new(path: String, value: &impl Serialize) -> AddOp {
-        AddOp {
-            path,
-            value: to_json_text(value),
-        }
+        AddOp::raw(path, to_json_text(value))
     }
 
     /// An `add` of a value given as JSON text (written by serde_json from a value of the right type).
     fn raw(path: String, value: String) -> AddOp {
-        AddOp { path, value }
+        AddOp {
+            path,
+            value: Json::Owned(value),
+        }
+    }
+
+    /// [`AddOp::raw`] with text shared with a prepared Module.
+    fn shared(path: String, value: &Arc<str>) -> AddOp {
+        AddOp {
+            path,
+            value: Json::Shared(Arc::clone(value)),
+        }
+    }
+
+    /// The value, as JSON text.
+    pub fn value(&self) -> &str {
+        self.value.as_str()
     }
 }
 
 impl Serialize for AddOp {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let value: &RawValue =
-            serde_json::from_str(&self.value).map_err(serde::ser::Error::custom)?;
+            serde_json::from_str(self.value()).map_err(serde::ser::Error::custom)?;
         let mut op = s.serialize_struct("AddOp", 3)?;
         op.serialize_field("op", "add")?;
         op.serialize_field("path", self.path.as_str())?;
@@ -583,7 +832,7 @@ impl Patch {
         let len: usize = self
             .0
             .iter()
-            .map(|op| op.value.len() + op.path.as_str().len() + 40)
+            .map(|op| op.value().len() + op.path.len() + 40)
             .sum();
         let mut out = Vec::with_capacity(len + 2);
         out.push(b'[');
@@ -592,11 +841,11 @@ impl Patch {
                 out.push(b',');
             }
             out.extend_from_slice(b"{\"op\":\"add\",\"path\":");
-            if op
-                .path
-                .bytes()
-                .all(|b| b >= 0x20 && b != b'"' && b != b'\\')
-            {
+            // Vectorised: no early exit.
+            let plain = op.path.bytes().fold(true, |plain, b| {
+                plain & (b >= 0x20) & (b != b'"') & (b != b'\\')
+            });
+            if plain {
                 out.push(b'"');
                 out.extend_from_slice(op.path.as_bytes());
                 out.push(b'"');
@@ -605,7 +854,7 @@ impl Patch {
                 let _ = serde_json::to_writer(&mut out, op.path.as_str());
             }
             out.extend_from_slice(b",\"value\":");
-            out.extend_from_slice(op.value.as_bytes());
+            out.extend_from_slice(op.value().as_bytes());
             out.push(b'}');
         }
         out.push(b']');
@@ -631,18 +880,18 @@ pub fn mutate_pod(
     }
     let spec = pod.spec.as_ref().ok_or(Denial::NoSpec)?;
     for p in &modules {
-        p.targetable
-            .clone()
-            .map_err(|reason| Denial::Untargetable {
+        if let Err(reason) = &p.targetable {
+            return Err(Denial::Untargetable {
                 namespace: p.module.namespace_or_empty().to_owned(),
                 name: p.module.name_or_empty().to_owned(),
-                reason,
-            })?;
+                reason: reason.clone(),
+            });
+        }
     }
 
-    let reqs: Vec<(&NodeSelectorRequirement, &str)> = modules
+    let reqs: Vec<(&NodeSelectorRequirement, &Arc<str>)> = modules
         .iter()
-        .flat_map(|p| p.reqs.iter().zip(p.reqs_json.iter().map(String::as_str)))
+        .flat_map(|p| p.reqs.iter().zip(p.reqs_json.iter()))
         .collect();
     let mut ops = affinity::ops(spec.affinity.as_ref(), &reqs);
 
@@ -654,32 +903,39 @@ pub fn mutate_pod(
             .chain(spec.containers.iter())
             .any(|c: &ContainerView| c.name == name)
     };
-    let mut names: Vec<String> = Vec::with_capacity(modules.len());
-    let mut new_containers: Vec<String> = Vec::new();
+    let mut names: Vec<std::borrow::Cow<'_, str>> = Vec::with_capacity(modules.len());
+    let mut new_containers: Vec<Json> = Vec::new();
     for p in &modules {
-        let long = names
-            .contains(&p.short_name)
-            .then(|| container_name(&[p.module.namespace_or_empty(), p.module.name_or_empty()]));
-        let name = long.as_ref().unwrap_or(&p.short_name);
-        names.push(name.clone());
-        if existing(name) {
-            continue;
-        }
-        let json = match &long {
-            None => p.wait_json.clone(),
-            Some(long) => wait_container(&p.module, long.clone(), cfg).map(|c| to_json_text(&c)),
+        let name = if names.iter().any(|n| *n == p.short_name) {
+            let long = container_name(&[p.module.namespace_or_empty(), p.module.name_or_empty()]);
+            if !existing(&long) {
+                new_containers.extend(
+                    wait_container(&p.module, long.clone(), cfg)
+                        .map(|c| Json::Owned(to_json_text(&c))),
+                );
+            }
+            std::borrow::Cow::Owned(long)
+        } else {
+            if !existing(&p.short_name) {
+                new_containers.extend(p.wait_json.as_ref().map(|j| Json::Shared(Arc::clone(j))));
+            }
+            std::borrow::Cow::Borrowed(p.short_name.as_str())
         };
-        new_containers.extend(json);
+        names.push(name);
     }
     match &spec.init_containers {
         Some(list) if !list.is_empty() => {
-            for (i, c) in new_containers.into_iter().enumerate() {
-                ops.push(AddOp::raw(format!("/spec/initContainers/{i}"), c));
+            for (i, value) in new_containers.into_iter().enumerate() {
+                ops.push(AddOp {
+                    path: format!("/spec/initContainers/{i}"),
+                    value,
+                });
             }
         }
         _ if !new_containers.is_empty() => {
             let path = "/spec/initContainers".to_owned();
-            ops.push(AddOp::raw(path, json_array(&new_containers)));
+            let texts: Vec<&str> = new_containers.iter().map(Json::as_str).collect();
+            ops.push(AddOp::raw(path, json_array(&texts)));
         }
         _ => {}
     }
@@ -687,8 +943,18 @@ pub fn mutate_pod(
 }
 
 /// A JSON array of values given as JSON text.
-fn json_array<S: std::borrow::Borrow<str>>(items: &[S]) -> String {
-    format!("[{}]", items.join(","))
+fn json_array<S: AsRef<str>>(items: &[S]) -> String {
+    let len: usize = items.iter().map(|i| i.as_ref().len() + 1).sum();
+    let mut out = String::with_capacity(len + 2);
+    out.push('[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(item.as_ref());
+    }
+    out.push(']');
+    out
 }
 
 #[cfg(test)]

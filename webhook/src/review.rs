@@ -1,6 +1,8 @@
 //! `AdmissionReview` (`admission.k8s.io/v1`) in and out.
 //!
-//! The request is parsed in two steps: the body as JSON, then the fields one by one, so that a request whose uid is
+//! Well-formed Pod and Module reviews (compact JSON, as the API server writes them) are read in one pass by
+//! [`parse_scanned`] with [`crate::scan`]; anything that reader declines goes through [`parse`].
+//! [`parse`] reads in two steps: the body as JSON, then the fields one by one, so that a request whose uid is
 //! readable always gets an answer carrying that uid (the API server treats a response with a missing or different
 //! uid as a webhook failure, not as a denial). Only a body without a readable uid is answered with HTTP 400.
 //! The response is written by hand: the patch is base64 (kube's `AdmissionResponse` serialises it as an array of
@@ -12,6 +14,8 @@ use std::collections::HashMap;
 use serde::Deserialize;
 
 use serde_json::value::RawValue;
+
+use crate::scan::{Scan, once};
 
 /// The only AdmissionReview version served (`admissionReviewVersions: [v1]`).
 pub const API_VERSION: &str = "admission.k8s.io/v1";
@@ -263,12 +267,15 @@ impl RawJson for &RawValue {
     }
 }
 
-impl RawJson for sonic_rs::LazyValue<'_> {
+/// A JSON value kept as its text by [`Scan`].
+struct RawText<'a>(&'a str);
+
+impl RawJson for RawText<'_> {
     fn text(&self) -> &str {
-        self.as_raw_str()
+        self.0
     }
     fn boxed(&self) -> Option<Box<RawValue>> {
-        RawValue::from_string(self.as_raw_str().to_owned()).ok()
+        RawValue::from_string(self.0.to_owned()).ok()
     }
 }
 
@@ -276,12 +283,137 @@ impl RawJson for sonic_rs::LazyValue<'_> {
 /// anything else (not JSON, wrong types, an object that is not a `T`, ...), and the caller then goes through
 /// [`parse`] and its precise errors. The returned request has no raw `object`.
 pub fn parse_as<T: serde::de::DeserializeOwned>(body: &[u8]) -> Option<(Request, Option<T>)> {
-    // sonic-rs scans strings and skipped fields with SIMD: the handler's instructions per request drop by 7-10%
-    // against serde_json (callgrind, handler-loop). Whatever it refuses goes through serde_json in `parse`.
+    // The envelope is read by the scanner, the object by sonic-rs (SIMD string scanning).
+    parse_scanned(body, |s| sonic_rs::from_str::<T>(s.raw()?).ok())
+}
+
+/// [`parse_as`] with the object read by `object` from the scanner (which must consume it).
+pub fn parse_scanned<'a, T>(
+    body: &'a [u8],
+    object: impl FnOnce(&mut Scan<'a>) -> Option<T>,
+) -> Option<(Request, Option<T>)> {
     let text = std::str::from_utf8(body).ok()?;
-    let envelope = sonic_rs::from_str::<Envelope<'_, T, sonic_rs::LazyValue<'_>>>(text).ok()?;
+    let envelope = scan_envelope(text, object)?;
     envelope.request.as_ref()?;
     check(envelope).ok()
+}
+
+/// The fields of [`Envelope`] read by the scanner, exactly as serde reads them: `null` is absent, a repeated field
+/// or a string with escapes is left to serde (`None`), unknown fields are skipped.
+fn scan_envelope<'a, T>(
+    text: &'a str,
+    object: impl FnOnce(&mut Scan<'a>) -> Option<T>,
+) -> Option<Envelope<'a, T, RawText<'a>>> {
+    let mut s = Scan::new(text)?;
+    let mut env = Envelope {
+        api_version: None,
+        kind: None,
+        request: None,
+    };
+    let mut object = Some(object);
+    let mut seen = 0;
+    s.object(|s, key| {
+        match key {
+            "apiVersion" => {
+                once(&mut seen, 0)?;
+                env.api_version = s.opt_str()?.map(Cow::Borrowed);
+            }
+            "kind" => {
+                once(&mut seen, 1)?;
+                env.kind = s.opt_str()?.map(Cow::Borrowed);
+            }
+            "request" => {
+                once(&mut seen, 2)?;
+                if !s.null()? {
+                    env.request = Some(scan_request(s, object.take()?)?);
+                }
+            }
+            _ => s.skip()?,
+        }
+        Some(())
+    })?;
+    s.at_end().then_some(env)
+}
+
+fn scan_request<'a, T>(
+    s: &mut Scan<'a>,
+    object: impl FnOnce(&mut Scan<'a>) -> Option<T>,
+) -> Option<EnvelopeRequest<'a, T, RawText<'a>>> {
+    let mut req = EnvelopeRequest {
+        uid: None,
+        kind: None,
+        operation: None,
+        name: None,
+        namespace: None,
+        object: None,
+        old_object: None,
+        dry_run: None,
+    };
+    let mut object = Some(object);
+    let mut seen = 0;
+    s.object(|s, key| {
+        let text = |s: &mut Scan<'a>| s.opt_str().map(|v| v.map(Cow::Borrowed));
+        match key {
+            "uid" => {
+                once(&mut seen, 0)?;
+                req.uid = text(s)?;
+            }
+            "kind" => {
+                once(&mut seen, 1)?;
+                if !s.null()? {
+                    req.kind = Some(scan_gvk(s)?);
+                }
+            }
+            "operation" => {
+                once(&mut seen, 2)?;
+                req.operation = text(s)?;
+            }
+            "name" => {
+                once(&mut seen, 3)?;
+                req.name = text(s)?;
+            }
+            "namespace" => {
+                once(&mut seen, 4)?;
+                req.namespace = text(s)?;
+            }
+            "object" => {
+                once(&mut seen, 5)?;
+                if !s.null()? {
+                    req.object = Some(object.take()?(s)?);
+                }
+            }
+            "oldObject" => {
+                once(&mut seen, 6)?;
+                if !s.null()? {
+                    req.old_object = Some(RawText(s.raw()?));
+                }
+            }
+            "dryRun" => {
+                once(&mut seen, 7)?;
+                req.dry_run = s.opt_bool()?;
+            }
+            _ => s.skip()?,
+        }
+        Some(())
+    })?;
+    Some(req)
+}
+
+fn scan_gvk<'a>(s: &mut Scan<'a>) -> Option<EnvelopeGvk<'a>> {
+    let mut gvk = EnvelopeGvk::default();
+    let mut seen = 0;
+    s.object(|s, key| {
+        let (bit, field) = match key {
+            "group" => (0, &mut gvk.group),
+            "version" => (1, &mut gvk.version),
+            "kind" => (2, &mut gvk.kind),
+            _ => return s.skip(),
+        };
+        once(&mut seen, bit)?;
+        *field = s.opt_str()?.map(Cow::Borrowed);
+        Some(())
+    })?;
+    Some(gvk)
 }
 
 /// The checks common to both readings; `object` is handed back untouched.

@@ -3,9 +3,131 @@
 //! Absent objects are created with one `add` of the whole value (an `add` below a missing parent fails, and a patch
 //! that fails to apply rejects the pod even under failurePolicy Ignore). The pointers are fixed field names and
 //! indexes: no token ever needs RFC 6901 escaping.
-use k8s_openapi::api::core::v1::{Affinity, NodeSelectorRequirement};
+use k8s_openapi::api::core::v1::{
+    Affinity, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
+};
+
+use std::sync::Arc;
 
 use super::{AddOp, json_array};
+use crate::scan::{Scan, once};
+
+/// Reads `spec.affinity` as k8s-openapi does: the usual shape (required node terms of match expressions) by the
+/// scanner, anything else (pod affinities, preferred terms, match fields, escapes, repeated fields) by serde_json
+/// from the value's text. `None` when neither reads it.
+pub(super) fn scan(s: &mut Scan<'_>) -> Option<Affinity> {
+    let start = s.checkpoint();
+    if let Some(affinity) = node_terms_only(s) {
+        return Some(affinity);
+    }
+    s.rewind(start);
+    serde_json::from_str(s.raw()?).ok()
+}
+
+/// k8s-openapi reads `null` as absent (an absent list as empty) and skips unknown fields.
+fn node_terms_only(s: &mut Scan<'_>) -> Option<Affinity> {
+    let mut affinity = Affinity::default();
+    let mut seen = 0;
+    s.object(|s, key| match key {
+        "nodeAffinity" => {
+            once(&mut seen, 0)?;
+            if !s.null()? {
+                affinity.node_affinity = Some(node_affinity(s)?);
+            }
+            Some(())
+        }
+        "podAffinity" | "podAntiAffinity" => s.null()?.then_some(()),
+        _ => s.skip(),
+    })?;
+    Some(affinity)
+}
+
+fn node_affinity(s: &mut Scan<'_>) -> Option<NodeAffinity> {
+    let mut out = NodeAffinity::default();
+    let mut seen = 0;
+    s.object(|s, key| match key {
+        "requiredDuringSchedulingIgnoredDuringExecution" => {
+            once(&mut seen, 0)?;
+            if !s.null()? {
+                let mut terms = Vec::new();
+                let mut seen = 0;
+                s.object(|s, key| match key {
+                    "nodeSelectorTerms" => {
+                        once(&mut seen, 0)?;
+                        if !s.null()? {
+                            s.array(|s| {
+                                terms.push(term(s)?);
+                                Some(())
+                            })?;
+                        }
+                        Some(())
+                    }
+                    _ => s.skip(),
+                })?;
+                out.required_during_scheduling_ignored_during_execution = Some(NodeSelector {
+                    node_selector_terms: terms,
+                });
+            }
+            Some(())
+        }
+        "preferredDuringSchedulingIgnoredDuringExecution" => s.null()?.then_some(()),
+        _ => s.skip(),
+    })?;
+    Some(out)
+}
+
+fn term(s: &mut Scan<'_>) -> Option<NodeSelectorTerm> {
+    let mut out = NodeSelectorTerm::default();
+    let mut seen = 0;
+    s.object(|s, key| match key {
+        "matchExpressions" => {
+            once(&mut seen, 0)?;
+            if !s.null()? {
+                let mut list = Vec::new();
+                s.array(|s| {
+                    list.push(requirement(s)?);
+                    Some(())
+                })?;
+                out.match_expressions = Some(list);
+            }
+            Some(())
+        }
+        "matchFields" => s.null()?.then_some(()),
+        _ => s.skip(),
+    })?;
+    Some(out)
+}
+
+fn requirement(s: &mut Scan<'_>) -> Option<NodeSelectorRequirement> {
+    let mut out = NodeSelectorRequirement::default();
+    let mut seen = 0;
+    s.object(|s, key| {
+        match key {
+            "key" => {
+                once(&mut seen, 0)?;
+                out.key = s.opt_str()?.unwrap_or_default().to_owned();
+            }
+            "operator" => {
+                once(&mut seen, 1)?;
+                out.operator = s.opt_str()?.unwrap_or_default().to_owned();
+            }
+            "values" => {
+                once(&mut seen, 2)?;
+                if !s.null()? {
+                    let mut values = Vec::new();
+                    s.array(|s| {
+                        values.push(s.str()?.to_owned());
+                        Some(())
+                    })?;
+                    out.values = Some(values);
+                }
+            }
+            _ => s.skip()?,
+        }
+        Some(())
+    })?;
+    Some(out)
+}
 
 fn same(a: &NodeSelectorRequirement, b: &NodeSelectorRequirement) -> bool {
     let norm = |r: &NodeSelectorRequirement| {
@@ -20,12 +142,12 @@ fn same(a: &NodeSelectorRequirement, b: &NodeSelectorRequirement) -> bool {
 /// are written as text; the test `written_values_equal_their_serde_form` checks them against k8s-openapi's.
 pub(super) fn ops(
     affinity: Option<&Affinity>,
-    reqs: &[(&NodeSelectorRequirement, &str)],
+    reqs: &[(&NodeSelectorRequirement, &Arc<str>)],
 ) -> Vec<AddOp> {
     if reqs.is_empty() {
         return Vec::new();
     }
-    let texts: Vec<&str> = reqs.iter().map(|(_, json)| *json).collect();
+    let texts: Vec<&str> = reqs.iter().map(|&(_, json)| &**json).collect();
     let term = || format!("{{\"matchExpressions\":{}}}", json_array(&texts));
     let required = || format!("{{\"nodeSelectorTerms\":[{}]}}", term());
     let node_affinity = || {
@@ -57,7 +179,7 @@ pub(super) fn ops(
     let mut out = Vec::new();
     for (i, term) in selector.node_selector_terms.iter().enumerate() {
         let have = term.match_expressions.as_deref().unwrap_or_default();
-        let missing: Vec<&str> = reqs
+        let missing: Vec<&Arc<str>> = reqs
             .iter()
             .filter(|(r, _)| !have.iter().any(|h| same(h, r)))
             .map(|(_, json)| *json)
@@ -71,7 +193,7 @@ pub(super) fn ops(
         } else {
             for m in missing {
                 let path = format!("{TERMS}/{i}/matchExpressions/-");
-                out.push(AddOp::raw(path, m.to_owned()));
+                out.push(AddOp::shared(path, m));
             }
         }
     }
@@ -106,12 +228,12 @@ mod tests {
                 Some(vec!["1.0"]),
             ),
         ];
-        let texts: Vec<String> = reqs
+        let texts: Vec<Arc<str>> = reqs
             .iter()
-            .map(|r| serde_json::to_string(r).unwrap())
+            .map(|r| Arc::from(serde_json::to_string(r).unwrap()))
             .collect();
-        let pairs: Vec<(&NodeSelectorRequirement, &str)> =
-            reqs.iter().zip(texts.iter().map(String::as_str)).collect();
+        let pairs: Vec<(&NodeSelectorRequirement, &Arc<str>)> =
+            reqs.iter().zip(texts.iter()).collect();
         let term = NodeSelectorTerm {
             match_expressions: Some(reqs.to_vec()),
             match_fields: None,
@@ -188,7 +310,7 @@ mod tests {
         for (affinity, want) in cases {
             let got: Vec<(String, Value)> = ops(affinity.as_ref(), &pairs)
                 .into_iter()
-                .map(|op| (op.path.clone(), serde_json::from_str(&op.value).unwrap()))
+                .map(|op| (op.path.clone(), serde_json::from_str(op.value()).unwrap()))
                 .collect();
             let want: Vec<(String, Value)> =
                 want.into_iter().map(|(p, v)| (p.to_owned(), v)).collect();

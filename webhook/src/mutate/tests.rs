@@ -491,3 +491,88 @@ fn prepared_modules_follow_module_changes_and_config() {
     let len = shared.prepared.map.read().unwrap().len();
     assert!(len <= PREPARED_MAX, "{len}");
 }
+
+/// The one-pass reader reads every Pod it accepts exactly as serde does, accepts the usual shapes, and leaves the
+/// rest (repeated fields, `null` where serde refuses it, escapes in kept text, indented JSON, ...) to serde.
+#[test]
+fn scanned_pods_equal_their_serde_reading() {
+    let affinity = |a: Value| json!({"spec": {"containers": [{"name": "c"}], "affinity": a}});
+    let term =
+        json!({"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a", "b"]}]});
+    // (object text, whether the reader must accept it)
+    let cases: Vec<(String, bool)> = vec![
+        (r#"{}"#.to_owned(), true),
+        (r#"{"metadata":{},"spec":null}"#.to_owned(), true),
+        (
+            json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"generateName": "app-", "namespace": "team", "name": null,
+                    "labels": {"a": "b"}, "annotations": {"x": "y\n\"z\"", "kmm.sigs.x-k8s.io/modules": "simple, other/gpu"},
+                    "ownerReferences": [{"controller": true, "uid": "u", "blockOwnerDeletion": false}]},
+                "spec": {"containers": [
+                    {"name": "app", "image": "reg/app:1", "command": ["sh", "-c", "a && b > /c"], "ports": [{"containerPort": 8080}],
+                        "resources": {"limits": {"cpu": "500m", "example.com/gpu": "1", "memory": "1Gi"},
+                            "requests": {"example.com/gpu": 1, "kmm.sigs.x-k8s.io/team.simple": "1"}}},
+                    {"name": "side", "resources": null}],
+                    "initContainers": [{"name": "kmm-wait-simple", "resources": {"requests": null}}],
+                    "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term, {}]}}},
+                    "securityContext": {"runAsUser": 1000, "fsGroup": -1, "x": 1.5e-3, "y": [true, false, null, []]},
+                    "volumes": [{"name": "v", "projected": {"sources": [{"serviceAccountToken": {"expirationSeconds": 3607}}]}}]}})
+            .to_string(),
+            true,
+        ),
+        (
+            affinity(json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": null}}})).to_string(),
+            true,
+        ),
+        (
+            affinity(json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": null, "preferredDuringSchedulingIgnoredDuringExecution": null}, "podAffinity": null})).to_string(),
+            true,
+        ),
+        (
+            affinity(json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [{"key": null, "operator": "Exists", "values": null}]}]}}})).to_string(),
+            true,
+        ),
+        // Shapes read by serde_json inside the reader: still accepted.
+        (
+            affinity(json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"topologyKey": "zone"}]},
+                "nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 1, "preference": term}]}})).to_string(),
+            true,
+        ),
+        (
+            affinity(json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]}]}}})).to_string(),
+            true,
+        ),
+        (
+            affinity(json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "zo\"ne", "operator": "In", "values": ["a\\b"]}]}]}}})).to_string(),
+            true,
+        ),
+        // Left to serde.
+        (r#"{"metadata":null}"#.to_owned(), false),
+        (r#"{"metadata":{"name":"a","name":"b"}}"#.to_owned(), false),
+        (r#"{"spec":{"containers":null}}"#.to_owned(), false),
+        (r#"{"spec":{"containers":[{"name":null}]}}"#.to_owned(), false),
+        (r#"{"spec":{"containers":[{"name":"a\"b"}]}}"#.to_owned(), false),
+        (r#"{"spec":{"containers":[{"name":"a"}],"containers":[]}}"#.to_owned(), false),
+        (r#"{"metadata":{"annotations":{"kmm.sigs.x-k8s.io/modules":"a\u002cb"}}}"#.to_owned(), false),
+        (r#"{"metadata":{"annotations":{"a":1}}}"#.to_owned(), false),
+        (r#"{"spec":{"containers":[{"name":"a","resources":{"limits":{"x\/y":"1"}}}]}}"#.to_owned(), false),
+        ("{\n  \"metadata\": {}\n}".to_owned(), false),
+        (affinity(json!({"nodeAffinity": 3})).to_string(), false),
+        (r#"{"spec":{"containers":[]},}"#.to_owned(), false),
+        (r#"{"spec":{"containers":[{"name":"a"}]}} x"#.to_owned(), false),
+    ];
+    for (text, accepted) in cases {
+        let serde = serde_json::from_str::<PodView>(&text);
+        let mut scan = crate::scan::Scan::new(&text);
+        let scanned = scan
+            .as_mut()
+            .and_then(PodView::scan)
+            .filter(|_| scan.as_mut().is_some_and(crate::scan::Scan::at_end));
+        assert_eq!(scanned.is_some(), accepted, "{text}");
+        if let Some(pod) = scanned {
+            assert_eq!(Some(pod), serde.ok(), "{text}");
+        }
+    }
+}

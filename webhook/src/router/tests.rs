@@ -280,6 +280,9 @@ async fn health_routes_and_metrics() {
     );
 }
 
+/// A Pod review as the API server sends it for a ReplicaSet's pod (compact, every field in its place).
+const API_SERVER_POD_REVIEW: &str = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"dryRun":false,"kind":{"group":"","kind":"Pod","version":"v1"},"namespace":"team","object":{"apiVersion":"v1","kind":"Pod","metadata":{"annotations":{"kmm.sigs.x-k8s.io/modules":"simple"},"generateName":"app-7d9c8b6f5-","labels":{"app":"app","pod-template-hash":"7d9c8b6f5"},"namespace":"team","ownerReferences":[{"apiVersion":"apps/v1","controller":true,"kind":"ReplicaSet","name":"app-7d9c8b6f5","uid":"2b7e1f0a-0000-4000-8000-000000000001"}]},"spec":{"affinity":{"nodeAffinity":{"requiredDuringSchedulingIgnoredDuringExecution":{"nodeSelectorTerms":[{"matchExpressions":[{"key":"kubernetes.io/arch","operator":"In","values":["amd64"]}]}]}}},"containers":[{"image":"registry.example/app:1.0","name":"app","resources":{"limits":{"cpu":"500m","kmm.sigs.x-k8s.io/team.simple":"1","memory":"128Mi"},"requests":{"cpu":"100m","memory":"64Mi"}},"volumeMounts":[{"mountPath":"/var/run/secrets/kubernetes.io/serviceaccount","name":"kube-api-access","readOnly":true}]}],"dnsPolicy":"ClusterFirst","restartPolicy":"Always","serviceAccountName":"default","volumes":[{"name":"kube-api-access","projected":{"sources":[{"serviceAccountToken":{"expirationSeconds":3607,"path":"token"}}]}}]}},"operation":"CREATE","options":{"apiVersion":"meta.k8s.io/v1","kind":"CreateOptions"},"requestKind":{"group":"","kind":"Pod","version":"v1"},"resource":{"group":"","resource":"pods","version":"v1"},"uid":"1b4e28ba-2fa1-11d2-883f-0016d3cca428","userInfo":{"groups":["system:serviceaccounts","system:authenticated"],"uid":"u","username":"system:serviceaccount:kube-system:replicaset-controller"}}}"#;
+
 /// The one-pass reading of Pods and Modules answers exactly like the general path (parse, then decode), and hands
 /// everything it cannot read to it.
 #[test]
@@ -452,6 +455,42 @@ fn the_fast_path_agrees_with_the_general_path() {
         (
             Endpoint::Module,
             review("p", module_kind, "NOPE", module("m", good), Value::Null),
+            false,
+        ),
+        // The API server's usual Pod review: every skipped field, escapes in skipped strings.
+        (
+            Endpoint::Pod,
+            API_SERVER_POD_REVIEW.as_bytes().to_vec(),
+            true,
+        ),
+        (
+            Endpoint::Pod,
+            review(
+                "r",
+                pod_kind,
+                "CREATE",
+                json!({"metadata": {"namespace": "team", "annotations": {"kmm.sigs.x-k8s.io/modules": "simple", "note": "a\"b\\c\u{e9}"}},
+                    "spec": {"containers": [{"name": "app", "command": ["sh", "-c", "x && y"]}],
+                        "affinity": {"podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 1}]}}}}),
+                Value::Null,
+            ),
+            true,
+        ),
+        // Indented JSON and repeated envelope fields: the general path reads them.
+        (
+            Endpoint::Pod,
+            serde_json::to_vec_pretty(&serde_json::from_slice::<Value>(&review(
+                "s",
+                pod_kind,
+                "CREATE",
+                pod(json!({"kmm.sigs.x-k8s.io/modules": "simple"}), json!({})),
+                Value::Null,
+            )).unwrap()).unwrap(),
+            false,
+        ),
+        (
+            Endpoint::Pod,
+            br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"t","uid":"u","kind":{"group":"","version":"v1","kind":"Pod"},"operation":"CREATE","object":{}}}"#.to_vec(),
             false,
         ),
         (
