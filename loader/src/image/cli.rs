@@ -229,10 +229,11 @@ pub async fn execute(cmd: ImageCommand) -> anyhow::Result<String> {
     }
 }
 
-/// Runs an image subcommand on a fresh tokio runtime.
+/// Runs an image subcommand on a fresh single-threaded tokio runtime: the requests, the socket reads and the
+/// digest run on this thread, extraction and file writing on their own threads (spawn_blocking), so a pull
+/// keeps one thread busy with its download instead of handing every chunk from a worker thread to this one.
 pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("failed to start the tokio runtime")?;
