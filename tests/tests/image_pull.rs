@@ -393,6 +393,13 @@ async fn image_pull_index_resolves_node_platform() {
             "{repo}: {msg}"
         );
         assert!(!out.exists());
+        // The layers download and extract while the configuration is checked: their temporary tree is gone.
+        let left: Vec<_> = fs::read_dir(work.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(repo))
+            .collect();
+        assert!(left.is_empty(), "{repo}: left {left:?}");
     }
 }
 

@@ -389,15 +389,14 @@ pub(crate) enum Source<'a> {
     Layout(Layout),
 }
 
-/// A check that must pass before the first layer's content reaches the extractor (the image configuration's
-/// platform), run while that layer's download starts.
+/// A check the image must pass (its configuration's platform), run alongside the first layer.
 pub(crate) type Gate<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), PullError>> + Send + 'a>>;
 
 /// Streams every layer of `manifest` from `source` through the extractor into `target` (which must exist).
-/// With a registry source, `gate` runs alongside the first layer's request and the extraction starts only
-/// once it passed (the download meanwhile runs up to [`LEAD`] bytes ahead); when it fails, the download
-/// stops and its error is returned. A layout source awaits `gate` first.
+/// With a registry source, `gate` runs alongside the first layer's download and extraction (both only
+/// write into `target`, a temporary tree); when it fails, the download stops, the extraction ends and the
+/// gate's error is returned. A layout source awaits `gate` first.
 pub(crate) async fn extract_layers(
     image: &str,
     source: &Source<'_>,
@@ -426,15 +425,20 @@ pub(crate) async fn extract_layers(
                 };
                 let lname = name.clone();
                 let gate = gate.take();
-                let extract = async move {
-                    if let Some(g) = gate
-                        && let Err(e) = g.await
-                    {
-                        // The download stops at its next chunk (the receiver is dropped with this future)
-                        // or while waiting for room.
-                        room.close();
-                        return Err(e);
+                let stop = room.clone();
+                let check = async move {
+                    let res = match gate {
+                        Some(g) => g.await,
+                        None => Ok(()),
+                    };
+                    if res.is_err() {
+                        // The download stops at its next chunk; the extraction then sees the end of its
+                        // input and stops too (both are awaited below).
+                        stop.close();
                     }
+                    res
+                };
+                let extract = async move {
                     tokio::task::spawn_blocking(move || {
                         let r = ChannelReader::new(rx, room);
                         let res = apply_and_drain(&mut x, &lname, r);
@@ -450,7 +454,8 @@ pub(crate) async fn extract_layers(
                     drop(sink);
                     dl
                 };
-                let (dl, extracted) = tokio::join!(download, extract);
+                let (dl, extracted, checked) = tokio::join!(download, extract, check);
+                checked?;
                 let (xx, res) = extracted?;
                 // Content that does not match its digest explains any extraction failure; otherwise a
                 // refusal by the extractor explains a broken pipe on the download side.
