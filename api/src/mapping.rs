@@ -252,7 +252,7 @@ pub fn resolve(module: &Module, node_kernel: &str) -> Result<ResolvedMapping, Ma
     let normalized = normalize_kernel(kernel);
     let kernel_vars = kernel_variables(&normalized)?;
 
-    let build = merge_build(container.build.as_ref(), mapping.build.as_ref()).map(|b| {
+    let build = merge_build(container.build.as_deref(), mapping.build.as_deref()).map(|b| {
         with_build_arg_overrides(
             b,
             kernel,
@@ -260,7 +260,7 @@ pub fn resolve(module: &Module, node_kernel: &str) -> Result<ResolvedMapping, Ma
             module.namespace_or_empty(),
         )
     });
-    let sign = merge_sign(container.sign.as_ref(), mapping.sign.as_ref())
+    let sign = merge_sign(container.sign.as_deref(), mapping.sign.as_deref())
         .map(|s| substitute_sign(s, &kernel_vars))
         .transpose()?;
 

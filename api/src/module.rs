@@ -52,15 +52,15 @@ pub struct ModuleSpec {
 
     /// How the kernel module is found, built, signed and loaded. Absent: nothing is loaded (in-tree kmod mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub module_loader: Option<ModuleLoaderSpec>,
+    pub module_loader: Option<Box<ModuleLoaderSpec>>,
 
     /// A device plugin DaemonSet run where the module is loaded (upstream semantics).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device_plugin: Option<DevicePluginSpec>,
+    pub device_plugin: Option<Box<DevicePluginSpec>>,
 
     /// A DRA driver DaemonSet run where the module is loaded (Kubernetes 1.34 and later).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dra: Option<DraSpec>,
+    pub dra: Option<Box<DraSpec>>,
 
     /// Pull secret (a `kubernetes.io/dockerconfigjson` Secret) for the kmod, device plugin and DRA images.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -127,11 +127,11 @@ pub struct ModuleLoaderContainerSpec {
 
     /// Default build for every mapping.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub build: Option<Build>,
+    pub build: Option<Box<Build>>,
 
     /// Default signing for every mapping.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sign: Option<Sign>,
+    pub sign: Option<Box<Sign>>,
 
     /// TLS settings for the kmod image registry.
     #[serde(default, rename = "registryTLS")]
@@ -164,11 +164,11 @@ pub struct KernelMapping {
 
     /// Build settings, merged over the container's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub build: Option<Build>,
+    pub build: Option<Box<Build>>,
 
     /// Sign settings, merged over the container's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sign: Option<Sign>,
+    pub sign: Option<Box<Sign>>,
 
     /// Registry TLS settings; replace the container's when set.
     #[serde(

@@ -607,7 +607,7 @@ fn sign_errors(sign: Option<&Sign>, dir_name: &str, path: &str, label: &str) -> 
 fn files_to_sign_errors(container: &ModuleLoaderContainerSpec) -> Vec<FieldError> {
     let dir_name = container.modprobe.dir_name.as_str();
     let mut errors = sign_errors(
-        container.sign.as_ref(),
+        container.sign.as_deref(),
         dir_name,
         "spec.moduleLoader.container.sign",
         "global Sign",
@@ -617,7 +617,7 @@ fn files_to_sign_errors(container: &ModuleLoaderContainerSpec) -> Vec<FieldError
             continue;
         }
         errors.extend(sign_errors(
-            km.sign.as_ref(),
+            km.sign.as_deref(),
             dir_name,
             &format!("spec.moduleLoader.container.kernelMappings[{idx}].sign"),
             &format!("kernelMappings[{idx}].Sign"),

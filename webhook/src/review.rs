@@ -128,7 +128,7 @@ fn string(fields: &Fields<'_>, key: &str) -> Option<String> {
 
 /// The AdmissionReview fields the webhook reads, borrowed from the body. Unknown fields are skipped without being
 /// kept; `object` and `oldObject` stay raw JSON until a handler decodes them into their types.
-/// `O` is how `oldObject` is kept: serde_json's `RawValue`, or sonic-rs's `LazyValue` in [`parse_as`].
+/// `O` is how `oldObject` is kept: serde_json's `RawValue`, or the scanner's text in [`parse_scanned`].
 #[derive(Deserialize)]
 #[serde(bound(deserialize = "T: Deserialize<'de>, O: Deserialize<'de>"))]
 struct Envelope<'a, T, O = &'a RawValue> {
@@ -283,8 +283,15 @@ impl RawJson for RawText<'_> {
 /// anything else (not JSON, wrong types, an object that is not a `T`, ...), and the caller then goes through
 /// [`parse`] and its precise errors. The returned request has no raw `object`.
 pub fn parse_as<T: serde::de::DeserializeOwned>(body: &[u8]) -> Option<(Request, Option<T>)> {
-    // The envelope is read by the scanner, the object by sonic-rs (SIMD string scanning).
-    parse_scanned(body, |s| sonic_rs::from_str::<T>(s.raw()?).ok())
+    // The envelope is read by the scanner, the object by serde_json where it stands (the general path's decoder,
+    // so both read it alike), and the scanner goes on after it.
+    parse_scanned(body, |s| {
+        s.decode(|text| {
+            let mut values = serde_json::Deserializer::from_str(text).into_iter::<T>();
+            let value = values.next()?.ok()?;
+            Some((value, values.byte_offset()))
+        })
+    })
 }
 
 /// [`parse_as`] with the object read by `object` from the scanner (which must consume it).

@@ -204,6 +204,13 @@ impl<'a> Scan<'a> {
         self.text.get(start..self.i)
     }
 
+    /// A value read by `read` from the text at the cursor, which answers the value and the bytes it took.
+    pub fn decode<T>(&mut self, read: impl FnOnce(&'a str) -> Option<(T, usize)>) -> Option<T> {
+        let (value, len) = read(self.text.get(self.i..)?)?;
+        self.i = self.i.checked_add(len)?;
+        Some(value)
+    }
+
     /// An object: `field` is called with each key (without escapes) and must consume its value.
     pub fn object(
         &mut self,

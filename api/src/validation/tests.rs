@@ -183,7 +183,7 @@ const CASES: &[(&str, Mutation, Expected)] = &[
     ),
     (
         "dra driverName is required",
-        |m| m.spec.dra = Some(dra("", &[])),
+        |m| m.spec.dra = Some(Box::new(dra("", &[]))),
         &[(
             "spec.dra.driverName",
             "failed to validate DRA: spec.dra.driverName is required",
@@ -192,10 +192,10 @@ const CASES: &[(&str, Mutation, Expected)] = &[
     (
         "dra names must be DNS subdomains and unique",
         |m| {
-            m.spec.dra = Some(dra(
+            m.spec.dra = Some(Box::new(dra(
                 "Bad_Driver",
                 &["gpu.example.com", "", "Bad", "gpu.example.com"],
-            ))
+            )))
         },
         &[
             (
@@ -219,7 +219,7 @@ const CASES: &[(&str, Mutation, Expected)] = &[
     (
         "hostPath volumes of the device plugin are limited",
         |m| {
-            m.spec.device_plugin = Some(DevicePluginSpec {
+            m.spec.device_plugin = Some(Box::new(DevicePluginSpec {
                 container: CommonContainerSpec {
                     image: "dp:v1".into(),
                     ..Default::default()
@@ -230,7 +230,7 @@ const CASES: &[(&str, Mutation, Expected)] = &[
                     host_path_volume("/devices"),
                 ]),
                 ..Default::default()
-            })
+            }))
         },
         &[
             (
@@ -246,14 +246,14 @@ const CASES: &[(&str, Mutation, Expected)] = &[
     (
         "dra and devicePlugin are mutually exclusive",
         |m| {
-            m.spec.dra = Some(dra("gpu.example.com", &[]));
-            m.spec.device_plugin = Some(DevicePluginSpec {
+            m.spec.dra = Some(Box::new(dra("gpu.example.com", &[])));
+            m.spec.device_plugin = Some(Box::new(DevicePluginSpec {
                 container: CommonContainerSpec {
                     image: "dp:v1".into(),
                     ..Default::default()
                 },
                 ..Default::default()
-            });
+            }));
         },
         &[(
             "spec",
@@ -453,7 +453,7 @@ const CASES: &[(&str, Mutation, Expected)] = &[
     ),
     (
         "sign needs filesToSign",
-        |m| container(m).sign = Some(sign(&[])),
+        |m| container(m).sign = Some(Box::new(sign(&[]))),
         &[(
             "spec.moduleLoader.container.sign.filesToSign",
             "global Sign: filesToSign is required when Sign is set",
@@ -462,11 +462,11 @@ const CASES: &[(&str, Mutation, Expected)] = &[
     (
         "filesToSign must be under dirName",
         |m| {
-            container(m).sign = Some(sign(&[
+            container(m).sign = Some(Box::new(sign(&[
                 "/opt/lib/modules/${KERNEL_FULL_VERSION}/a.ko",
                 "/lib/a.ko",
-            ]));
-            mapping(m, 0).sign = Some(sign(&["/optical/a.ko"]));
+            ])));
+            mapping(m, 0).sign = Some(Box::new(sign(&["/optical/a.ko"])));
         },
         &[
             (
@@ -483,7 +483,7 @@ const CASES: &[(&str, Mutation, Expected)] = &[
         "filesToSign follow a custom dirName",
         |m| {
             container(m).modprobe.dir_name = "/modules".into();
-            container(m).sign = Some(sign(&["/modules/lib/modules/*/a.ko"]));
+            container(m).sign = Some(Box::new(sign(&["/modules/lib/modules/*/a.ko"])));
         },
         &[],
     ),
@@ -585,7 +585,7 @@ fn every_violation_is_reported_at_once_in_upstream_order() {
     mapping(&mut m, 0).literal = Some("6.1.0".into());
     mapping(&mut m, 0).container_image = "untagged".into();
     container(&mut m).modprobe.modules_loading_order = Some(vec!["x".into()]);
-    container(&mut m).sign = Some(sign(&[]));
+    container(&mut m).sign = Some(Box::new(sign(&[])));
     let errors = validate_module(&m, None).unwrap_err();
     let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(
@@ -611,7 +611,7 @@ fn every_violation_is_reported_at_once_in_upstream_order() {
 #[test]
 fn dra_needs_kubernetes_1_34() {
     let mut m = base();
-    m.spec.dra = Some(dra("gpu.example.com", &[]));
+    m.spec.dra = Some(Box::new(dra("gpu.example.com", &[])));
     let old = KubeVersion {
         major: 1,
         minor: 33,
@@ -675,7 +675,7 @@ fn managed_cluster_modules_use_the_module_rules_without_name_length() {
     mcm.spec.spoke_namespace = "n".repeat(60);
     mcm.spec.module_spec = base().spec;
     assert!(validate_managed_cluster_module(&mcm).is_ok());
-    mcm.spec.module_spec.dra = Some(dra("gpu.example.com", &[]));
+    mcm.spec.module_spec.dra = Some(Box::new(dra("gpu.example.com", &[])));
     assert!(
         validate_managed_cluster_module(&mcm).is_ok(),
         "no kube version on the hub"
@@ -744,7 +744,7 @@ fn preflight_kernel_version() {
 #[test]
 fn loader_only_fields_are_not_needed_by_devices_only_modules() {
     let mut m = base();
-    m.spec.module_loader = Some(ModuleLoaderSpec::default());
+    m.spec.module_loader = Some(Box::new(ModuleLoaderSpec::default()));
     // a moduleLoader without mappings and without moduleName: the modprobe rule fires, nothing panics
     let errors = validate_module(&m, None).unwrap_err();
     assert!(
