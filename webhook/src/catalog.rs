@@ -22,33 +22,36 @@ pub trait Catalog: Send + Sync {
     fn is_ready(&self) -> bool;
 }
 
-/// A fixed set of Modules.
+/// A fixed set of Modules, by namespace then name (looked up without building a key).
 #[derive(Clone, Debug, Default)]
 pub struct StaticCatalog {
-    modules: BTreeMap<(String, String), Arc<Module>>,
+    modules: BTreeMap<String, BTreeMap<String, Arc<Module>>>,
 }
 
 impl StaticCatalog {
     /// A catalog of these Modules; a Module without namespace is put in `default`.
     pub fn new(modules: impl IntoIterator<Item = Module>) -> Self {
-        let modules = modules
-            .into_iter()
-            .map(|m| {
-                let ns = m
-                    .metadata
-                    .namespace
-                    .clone()
-                    .unwrap_or_else(|| "default".to_owned());
-                let name = m.name_or_empty().to_owned();
-                ((ns, name), Arc::new(m))
-            })
-            .collect();
-        Self { modules }
+        let mut by_namespace: BTreeMap<String, BTreeMap<String, Arc<Module>>> = BTreeMap::new();
+        for m in modules {
+            let ns = m
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".to_owned());
+            let name = m.name_or_empty().to_owned();
+            by_namespace
+                .entry(ns)
+                .or_default()
+                .insert(name, Arc::new(m));
+        }
+        Self {
+            modules: by_namespace,
+        }
     }
 
     /// Number of Modules.
     pub fn len(&self) -> usize {
-        self.modules.len()
+        self.modules.values().map(BTreeMap::len).sum()
     }
 
     /// Whether there are no Modules.
@@ -59,13 +62,15 @@ impl StaticCatalog {
 
 impl Catalog for StaticCatalog {
     fn get(&self, namespace: &str, name: &str) -> Option<Arc<Module>> {
-        self.modules
-            .get(&(namespace.to_owned(), name.to_owned()))
-            .cloned()
+        self.modules.get(namespace)?.get(name).cloned()
     }
 
     fn all(&self) -> Vec<Arc<Module>> {
-        self.modules.values().cloned().collect()
+        self.modules
+            .values()
+            .flat_map(BTreeMap::values)
+            .cloned()
+            .collect()
     }
 
     fn is_ready(&self) -> bool {
