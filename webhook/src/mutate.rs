@@ -240,14 +240,7 @@ impl PodSpecView {
     fn scan(s: &mut Scan<'_>) -> Option<PodSpecView> {
         let mut spec = PodSpecView::default();
         let mut seen = 0;
-        let containers = |s: &mut Scan<'_>| {
-            let mut list = Vec::new();
-            s.array(|s| {
-                list.push(ContainerView::scan(s)?);
-                Some(())
-            })?;
-            Some(list)
-        };
+        let containers = |s: &mut Scan<'_>| s.list(ContainerView::scan);
         s.object(|s, key| {
             match key {
                 "containers" => {
@@ -841,18 +834,7 @@ impl Patch {
                 out.push(b',');
             }
             out.extend_from_slice(b"{\"op\":\"add\",\"path\":");
-            // Vectorised: no early exit.
-            let plain = op.path.bytes().fold(true, |plain, b| {
-                plain & (b >= 0x20) & (b != b'"') & (b != b'\\')
-            });
-            if plain {
-                out.push(b'"');
-                out.extend_from_slice(op.path.as_bytes());
-                out.push(b'"');
-            } else {
-                // Writing a str into a Vec cannot fail.
-                let _ = serde_json::to_writer(&mut out, op.path.as_str());
-            }
+            crate::review::push_json_str(&mut out, &op.path);
             out.extend_from_slice(b",\"value\":");
             out.extend_from_slice(op.value().as_bytes());
             out.push(b'}');

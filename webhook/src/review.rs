@@ -600,8 +600,9 @@ pub fn response(uid: &str, verdict: &Verdict) -> Vec<u8> {
     out
 }
 
-fn push_json_str(out: &mut Vec<u8>, s: &str) {
-    // A uid is a UUID: nothing to escape (checked without early exit, so vectorised).
+/// Writes `s` as a JSON string. Uids and patch paths need no escaping: that is checked without early exit
+/// (vectorised) and the text copied as is; anything else goes through serde_json's escaping.
+pub(crate) fn push_json_str(out: &mut Vec<u8>, s: &str) {
     let plain = s.bytes().fold(true, |plain, b| {
         plain & (b >= 0x20) & (b != b'"') & (b != b'\\')
     });

@@ -119,7 +119,7 @@ impl<'a> Scan<'a> {
     }
 
     /// Whether nothing is left.
-    pub fn at_end(&mut self) -> bool {
+    pub fn at_end(&self) -> bool {
         self.i == self.b.len()
     }
 
@@ -190,9 +190,8 @@ impl<'a> Scan<'a> {
     #[inline]
     pub fn skip(&mut self) -> Option<()> {
         // A string, the most common value, without the machinery for containers.
-        if self.b.get(self.i) == Some(&b'"') {
-            self.i = self.string_end(self.i + 1)?.0 + 1;
-            return Some(());
+        if self.peek()? == b'"' {
+            return self.skip_str();
         }
         self.skip_value()
     }
@@ -236,20 +235,21 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// An array: `item` is called at each element and must consume it.
-    pub fn array(&mut self, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+    /// An array, each element read by `item` (which must consume it).
+    pub fn list<T>(&mut self, mut item: impl FnMut(&mut Self) -> Option<T>) -> Option<Vec<T>> {
         self.eat(b'[')?;
+        let mut out = Vec::new();
         if self.peek()? == b']' {
             self.i += 1;
-            return Some(());
+            return Some(out);
         }
         loop {
-            item(self)?;
+            out.push(item(self)?);
             match self.peek()? {
                 b',' => self.i += 1,
                 b']' => {
                     self.i += 1;
-                    return Some(());
+                    return Some(out);
                 }
                 _ => return None,
             }
@@ -482,16 +482,15 @@ mod tests {
     #[test]
     fn strings_with_escapes_are_not_read_as_text() {
         let mut s = Scan::new(r#"["plain","esc\"aped",null,true]"#).unwrap();
-        let mut got = Vec::new();
-        s.array(|s| {
-            got.push(match s.peek()? {
-                b'"' => format!("{:?}", s.string_raw()?),
-                b'n' => format!("{:?}", s.opt_str()?),
-                _ => format!("{:?}", s.opt_bool()?),
-            });
-            Some(())
-        })
-        .unwrap();
+        let got = s
+            .list(|s| {
+                Some(match s.peek()? {
+                    b'"' => format!("{:?}", s.string_raw()?),
+                    b'n' => format!("{:?}", s.opt_str()?),
+                    _ => format!("{:?}", s.opt_bool()?),
+                })
+            })
+            .unwrap();
         assert_eq!(
             got,
             [

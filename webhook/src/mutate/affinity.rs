@@ -55,10 +55,7 @@ fn node_affinity(s: &mut Scan<'_>) -> Option<NodeAffinity> {
                     "nodeSelectorTerms" => {
                         once(&mut seen, 0)?;
                         if !s.null()? {
-                            s.array(|s| {
-                                terms.push(term(s)?);
-                                Some(())
-                            })?;
+                            terms = s.list(term)?;
                         }
                         Some(())
                     }
@@ -83,12 +80,7 @@ fn term(s: &mut Scan<'_>) -> Option<NodeSelectorTerm> {
         "matchExpressions" => {
             once(&mut seen, 0)?;
             if !s.null()? {
-                let mut list = Vec::new();
-                s.array(|s| {
-                    list.push(requirement(s)?);
-                    Some(())
-                })?;
-                out.match_expressions = Some(list);
+                out.match_expressions = Some(s.list(requirement)?);
             }
             Some(())
         }
@@ -114,12 +106,7 @@ fn requirement(s: &mut Scan<'_>) -> Option<NodeSelectorRequirement> {
             "values" => {
                 once(&mut seen, 2)?;
                 if !s.null()? {
-                    let mut values = Vec::new();
-                    s.array(|s| {
-                        values.push(s.str()?.to_owned());
-                        Some(())
-                    })?;
-                    out.values = Some(values);
+                    out.values = Some(s.list(|s| s.str().map(str::to_owned))?);
                 }
             }
             _ => s.skip()?,

@@ -569,7 +569,7 @@ fn scanned_pods_equal_their_serde_reading() {
         let scanned = scan
             .as_mut()
             .and_then(PodView::scan)
-            .filter(|_| scan.as_mut().is_some_and(crate::scan::Scan::at_end));
+            .filter(|_| scan.as_ref().is_some_and(crate::scan::Scan::at_end));
         assert_eq!(scanned.is_some(), accepted, "{text}");
         if let Some(pod) = scanned {
             assert_eq!(Some(pod), serde.ok(), "{text}");
