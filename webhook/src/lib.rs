@@ -7,12 +7,13 @@
 //! - [`router`] maps paths to [`admit::Endpoint`]s, enforces the body limit, logs and
 //!   counts each request ([`metrics`]).
 //! - [`review`] parses the `AdmissionReview` (well-formed Pod and Module reviews in one pass with [`scan`]) and writes
-//!   the answer; [`admit`] dispatches on the endpoint to pure
+//!   the answer (the patch's base64 with [`b64`]); [`admit`] dispatches on the endpoint to pure
 //!   handlers: [`validate`] (Module, ManagedClusterModule, Namespace, with kmm-api's rules) and [`mutate`] (Pods).
 //! - [`catalog`] is where Modules are looked up: a kube-rs reflector, or a directory of YAML files (standalone).
 //! - [`cli`] is the command line of the `kmm-webhook` binary; [`telemetry`] sets up tracing.
 
 pub mod admit;
+pub mod b64;
 pub mod catalog;
 pub mod cli;
 pub mod metrics;

@@ -35,16 +35,17 @@ use k8s_openapi::api::core::v1::{
     SeccompProfile, SecurityContext,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kmm_api::Module;
 use kmm_api::labels::{
     POD_MODULES_ANNOTATION, RESOURCE_DOMAIN, kernel_module_ready, kernel_module_version_ready,
 };
 use kmm_api::mapping::{compile_go_regexp, kernel_fields};
-use kmm_api::{Module, devices};
 use serde::de::IgnoredAny;
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::b64::{Encoder, SharedText};
 use crate::catalog::Catalog;
 use crate::scan::{Scan, once};
 
@@ -358,31 +359,29 @@ struct Prepared {
     wait_timeout: String,
     /// [`targetable`].
     targetable: Result<(), String>,
-    /// The extended resource the Module advertises, if it has a device section.
-    resource: Option<String>,
     /// The node requirements, and each as JSON text.
     reqs: Vec<NodeSelectorRequirement>,
-    reqs_json: Vec<Arc<str>>,
+    reqs_json: Vec<Arc<SharedText>>,
     /// `kmm-wait-<name>`, and the init container with that name as JSON text (none when no kmod is named).
     short_name: String,
-    wait_json: Option<Arc<str>>,
+    wait_json: Option<Arc<SharedText>>,
 }
 
 impl Prepared {
     fn new(m: &Arc<Module>, cfg: &MutateConfig) -> Prepared {
         let reqs = requirements(m);
-        let reqs_json = reqs.iter().map(|r| Arc::from(to_json_text(r))).collect();
+        let reqs_json = reqs
+            .iter()
+            .map(|r| SharedText::new(to_json_text(r)))
+            .collect();
         let short_name = container_name(&[m.name_or_empty()]);
         let wait_json =
-            wait_container(m, short_name.clone(), cfg).map(|c| Arc::from(to_json_text(&c)));
+            wait_container(m, short_name.clone(), cfg).map(|c| SharedText::new(to_json_text(&c)));
         Prepared {
             module: Arc::clone(m),
             loader_image: cfg.loader_image.clone(),
             wait_timeout: cfg.wait_timeout.clone(),
             targetable: targetable(m),
-            resource: m.spec.devices.as_ref().map(|d| {
-                devices::resource_name(m.namespace_or_empty(), m.name_or_empty(), Some(d))
-            }),
             reqs,
             reqs_json,
             short_name,
@@ -528,24 +527,19 @@ fn needed_modules(
     if resources.is_empty() {
         return Ok(out);
     }
-    let all: Vec<Arc<Prepared>> = catalog
-        .all()
-        .iter()
-        .map(|m| cfg.prepared.get(m, cfg))
-        .collect();
     for resource in resources {
-        let advertisers: Vec<&Arc<Prepared>> = all
+        let advertisers = catalog.advertising(resource);
+        let local: Vec<&Arc<Module>> = advertisers
             .iter()
-            .filter(|p| p.resource.as_deref() == Some(resource))
+            .filter(|m| m.namespace_or_empty() == namespace)
             .collect();
-        let local: Vec<&Arc<Prepared>> = advertisers
-            .iter()
-            .copied()
-            .filter(|p| p.module.namespace_or_empty() == namespace)
-            .collect();
-        let chosen = if local.is_empty() { advertisers } else { local };
+        let chosen: Vec<&Arc<Module>> = if local.is_empty() {
+            advertisers.iter().collect()
+        } else {
+            local
+        };
         match chosen.as_slice() {
-            [p] => push(&p.module, &mut out),
+            [m] => push(m, &mut out),
             [] => {
                 // The default name `kmm.sigs.x-k8s.io/<ns>.<name>` names its Module (namespaces have no dots).
                 let Some(rest) = resource
@@ -569,13 +563,7 @@ fn needed_modules(
                     resource: resource.to_owned(),
                     modules: many
                         .iter()
-                        .map(|p| {
-                            format!(
-                                "{}/{}",
-                                p.module.namespace_or_empty(),
-                                p.module.name_or_empty()
-                            )
-                        })
+                        .map(|m| format!("{}/{}", m.namespace_or_empty(), m.name_or_empty()))
                         .collect::<Vec<_>>()
                         .join(", "),
                 });
@@ -757,19 +745,58 @@ pub struct AddOp {
     value: Json,
 }
 
-/// JSON text: written for one patch, or shared with a [`Prepared`] Module (an init container is 700 bytes that
-/// every pod of the Module gets).
+/// JSON text: written for one patch, shared with a [`Prepared`] Module (an init container is 700 bytes that
+/// every pod of the Module gets; its base64 is computed once), or an array of such values.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Json {
     Owned(String),
-    Shared(Arc<str>),
+    Shared(Arc<SharedText>),
+    Array(Vec<Json>),
 }
 
 impl Json {
-    fn as_str(&self) -> &str {
+    /// Writes the text to `out`.
+    fn write_to(&self, out: &mut Vec<u8>) {
         match self {
-            Json::Owned(s) => s,
-            Json::Shared(s) => s,
+            Json::Owned(s) => out.extend_from_slice(s.as_bytes()),
+            Json::Shared(s) => out.extend_from_slice(s.as_str().as_bytes()),
+            Json::Array(items) => {
+                out.push(b'[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    item.write_to(out);
+                }
+                out.push(b']');
+            }
+        }
+    }
+
+    /// Writes the text to a base64 encoder, shared texts from their precomputed base64.
+    fn encode(&self, e: &mut Encoder<'_>) {
+        match self {
+            Json::Owned(s) => e.push(s.as_bytes()),
+            Json::Shared(s) => e.push_shared(s),
+            Json::Array(items) => {
+                e.push(b"[");
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        e.push(b",");
+                    }
+                    item.encode(e);
+                }
+                e.push(b"]");
+            }
+        }
+    }
+
+    /// Length of the text.
+    fn len(&self) -> usize {
+        match self {
+            Json::Owned(s) => s.len(),
+            Json::Shared(s) => s.as_str().len(),
+            Json::Array(items) => items.iter().map(|i| i.len() + 1).sum::<usize>() + 1,
         }
     }
 }
@@ -789,7 +816,7 @@ impl AddOp {
     }
 
     /// [`AddOp::raw`] with text shared with a prepared Module.
-    fn shared(path: String, value: &Arc<str>) -> AddOp {
+    fn shared(path: String, value: &Arc<SharedText>) -> AddOp {
         AddOp {
             path,
             value: Json::Shared(Arc::clone(value)),
@@ -797,15 +824,17 @@ impl AddOp {
     }
 
     /// The value, as JSON text.
-    pub fn value(&self) -> &str {
-        self.value.as_str()
+    pub fn value(&self) -> String {
+        let mut out = Vec::with_capacity(self.value.len());
+        self.value.write_to(&mut out);
+        String::from_utf8(out).unwrap_or_default()
     }
 }
 
 impl Serialize for AddOp {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let value: &RawValue =
-            serde_json::from_str(self.value()).map_err(serde::ser::Error::custom)?;
+        let text = self.value();
+        let value: &RawValue = serde_json::from_str(&text).map_err(serde::ser::Error::custom)?;
         let mut op = s.serialize_struct("AddOp", 3)?;
         op.serialize_field("op", "add")?;
         op.serialize_field("path", self.path.as_str())?;
@@ -825,7 +854,7 @@ impl Patch {
         let len: usize = self
             .0
             .iter()
-            .map(|op| op.value().len() + op.path.len() + 40)
+            .map(|op| op.value.len() + op.path.len() + 40)
             .sum();
         let mut out = Vec::with_capacity(len + 2);
         out.push(b'[');
@@ -836,11 +865,40 @@ impl Patch {
             out.extend_from_slice(b"{\"op\":\"add\",\"path\":");
             crate::review::push_json_str(&mut out, &op.path);
             out.extend_from_slice(b",\"value\":");
-            out.extend_from_slice(op.value().as_bytes());
+            op.value.write_to(&mut out);
             out.push(b'}');
         }
         out.push(b']');
         out
+    }
+
+    /// Base64 of [`Patch::to_json`], appended to `out`: the shared values (init containers) are copied from their
+    /// precomputed base64, only the rest is encoded.
+    pub fn to_base64(&self, out: &mut Vec<u8>) {
+        let mut e = Encoder::new(out);
+        e.push(b"[");
+        for (i, op) in self.0.iter().enumerate() {
+            let buf = e.buf();
+            if i > 0 {
+                buf.push(b',');
+            }
+            buf.extend_from_slice(b"{\"op\":\"add\",\"path\":");
+            crate::review::push_json_str(buf, &op.path);
+            buf.extend_from_slice(b",\"value\":");
+            op.value.encode(&mut e);
+            e.push(b"}");
+        }
+        e.push(b"]");
+        e.finish();
+    }
+
+    /// Length of [`Patch::to_json`], at most.
+    pub fn json_len(&self) -> usize {
+        self.0
+            .iter()
+            .map(|op| op.value.len() + op.path.len() + 40)
+            .sum::<usize>()
+            + 2
     }
 
     /// The same patch as a `json_patch::Patch`, to apply it.
@@ -871,7 +929,7 @@ pub fn mutate_pod(
         }
     }
 
-    let reqs: Vec<(&NodeSelectorRequirement, &Arc<str>)> = modules
+    let reqs: Vec<(&NodeSelectorRequirement, &Arc<SharedText>)> = modules
         .iter()
         .flat_map(|p| p.reqs.iter().zip(p.reqs_json.iter()))
         .collect();
@@ -915,9 +973,10 @@ pub fn mutate_pod(
             }
         }
         _ if !new_containers.is_empty() => {
-            let path = "/spec/initContainers".to_owned();
-            let texts: Vec<&str> = new_containers.iter().map(Json::as_str).collect();
-            ops.push(AddOp::raw(path, json_array(&texts)));
+            ops.push(AddOp {
+                path: "/spec/initContainers".to_owned(),
+                value: Json::Array(new_containers),
+            });
         }
         _ => {}
     }

@@ -156,6 +156,10 @@ impl Catalog for DirCatalog {
         self.current.load().all()
     }
 
+    fn advertising(&self, resource: &str) -> Vec<Arc<Module>> {
+        self.current.load().advertising(resource)
+    }
+
     fn is_ready(&self) -> bool {
         true
     }

@@ -9,7 +9,8 @@ use k8s_openapi::api::core::v1::{
 
 use std::sync::Arc;
 
-use super::{AddOp, json_array};
+use super::{AddOp, Json, json_array};
+use crate::b64::SharedText;
 use crate::scan::{Scan, once};
 
 /// Reads `spec.affinity` as k8s-openapi does: the usual shape (required node terms of match expressions) by the
@@ -146,12 +147,12 @@ const TERMS: &str =
 /// are written as text; the test `written_values_equal_their_serde_form` checks them against k8s-openapi's.
 pub(super) fn ops(
     affinity: Option<&Affinity>,
-    reqs: &[(&NodeSelectorRequirement, &Arc<str>)],
+    reqs: &[(&NodeSelectorRequirement, &Arc<SharedText>)],
 ) -> Vec<AddOp> {
     if reqs.is_empty() {
         return Vec::new();
     }
-    let texts: Vec<&str> = reqs.iter().map(|&(_, json)| &**json).collect();
+    let texts: Vec<&str> = reqs.iter().map(|&(_, json)| json.as_str()).collect();
     let term = || format!("{{\"matchExpressions\":{}}}", json_array(&texts));
     let required = || format!("{{\"nodeSelectorTerms\":[{}]}}", term());
     let node_affinity = || {
@@ -178,7 +179,7 @@ pub(super) fn ops(
     let mut out = Vec::new();
     for (i, term) in selector.node_selector_terms.iter().enumerate() {
         let have = term.match_expressions.as_deref().unwrap_or_default();
-        let missing: Vec<&Arc<str>> = reqs
+        let missing: Vec<&Arc<SharedText>> = reqs
             .iter()
             .filter(|(r, _)| !have.iter().any(|h| same(h, r)))
             .map(|(_, json)| *json)
@@ -188,7 +189,15 @@ pub(super) fn ops(
         }
         if term.match_expressions.is_none() {
             let path = term_path(i, "/matchExpressions");
-            out.push(AddOp::raw(path, json_array(&missing)));
+            out.push(AddOp {
+                path,
+                value: Json::Array(
+                    missing
+                        .into_iter()
+                        .map(|m| Json::Shared(Arc::clone(m)))
+                        .collect(),
+                ),
+            });
         } else {
             for m in missing {
                 let path = term_path(i, "/matchExpressions/-");
@@ -227,11 +236,11 @@ mod tests {
                 Some(vec!["1.0"]),
             ),
         ];
-        let texts: Vec<Arc<str>> = reqs
+        let texts: Vec<Arc<SharedText>> = reqs
             .iter()
-            .map(|r| Arc::from(serde_json::to_string(r).unwrap()))
+            .map(|r| SharedText::new(serde_json::to_string(r).unwrap()))
             .collect();
-        let pairs: Vec<(&NodeSelectorRequirement, &Arc<str>)> =
+        let pairs: Vec<(&NodeSelectorRequirement, &Arc<SharedText>)> =
             reqs.iter().zip(texts.iter()).collect();
         let term = NodeSelectorTerm {
             match_expressions: Some(reqs.to_vec()),
@@ -309,7 +318,7 @@ mod tests {
         for (affinity, want) in cases {
             let got: Vec<(String, Value)> = ops(affinity.as_ref(), &pairs)
                 .into_iter()
-                .map(|op| (op.path.clone(), serde_json::from_str(op.value()).unwrap()))
+                .map(|op| (op.path.clone(), serde_json::from_str(&op.value()).unwrap()))
                 .collect();
             let want: Vec<(String, Value)> =
                 want.into_iter().map(|(p, v)| (p.to_owned(), v)).collect();
