@@ -283,15 +283,9 @@ impl RawJson for RawText<'_> {
 /// anything else (not JSON, wrong types, an object that is not a `T`, ...), and the caller then goes through
 /// [`parse`] and its precise errors. The returned request has no raw `object`.
 pub fn parse_as<T: serde::de::DeserializeOwned>(body: &[u8]) -> Option<(Request, Option<T>)> {
-    // The envelope is read by the scanner, the object by serde_json where it stands (the general path's decoder,
-    // so both read it alike), and the scanner goes on after it.
-    parse_scanned(body, |s| {
-        s.decode(|text| {
-            let mut values = serde_json::Deserializer::from_str(text).into_iter::<T>();
-            let value = values.next()?.ok()?;
-            Some((value, values.byte_offset()))
-        })
-    })
+    // The envelope is read by the scanner, the object by the scanner's serde Deserializer where it stands (it
+    // reads as serde_json does, or declines), and the scanner goes on after it.
+    parse_scanned(body, |s| s.deserialize::<T>())
 }
 
 /// [`parse_as`] with the object read by `object` from the scanner (which must consume it).

@@ -7,6 +7,8 @@
 //! answer or error. The agreement test in `router::tests` and the `fast_path` fuzz target check that both paths
 //! answer alike.
 
+mod de;
+
 /// Containers skipped around a value at most (serde_json stops at 128 levels; the fields read on top add fewer
 /// than 20).
 pub const MAX_DEPTH: usize = 100;
@@ -201,13 +203,6 @@ impl<'a> Scan<'a> {
         let start = self.i;
         self.skip()?;
         self.text.get(start..self.i)
-    }
-
-    /// A value read by `read` from the text at the cursor, which answers the value and the bytes it took.
-    pub fn decode<T>(&mut self, read: impl FnOnce(&'a str) -> Option<(T, usize)>) -> Option<T> {
-        let (value, len) = read(self.text.get(self.i..)?)?;
-        self.i = self.i.checked_add(len)?;
-        Some(value)
     }
 
     /// An object: `field` is called with each key (without escapes) and must consume its value.
