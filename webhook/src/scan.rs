@@ -13,11 +13,6 @@ mod de;
 /// than 20).
 pub const MAX_DEPTH: usize = 100;
 
-/// Whether `text` holds a control character (U+0000 to U+001F): vectorised, a fraction of an instruction per byte.
-fn has_control(text: &[u8]) -> bool {
-    text.iter().fold(false, |seen, &c| seen | (c < 0x20))
-}
-
 /// A cursor over a JSON text.
 pub struct Scan<'a> {
     text: &'a str,
@@ -32,11 +27,13 @@ pub struct Scan<'a> {
 #[derive(Clone, Copy)]
 pub struct Checkpoint(usize);
 
-/// Bit `k` set when byte `k` of `chunk` (at most 64 bytes) is a quote or a backslash: 16 bytes per SIMD compare.
+/// Bit `k` set when byte `k` of `chunk` (at most 64 bytes) is a quote or a backslash, 16 bytes per SIMD compare;
+/// and whether the chunk holds a control character (U+0000 to U+001F), found in the same pass. A partial chunk is
+/// padded with spaces.
 #[inline]
-fn mark_bits(chunk: &[u8]) -> u64 {
+fn mark_bits(chunk: &[u8]) -> (u64, bool) {
     use wide::u8x16;
-    let mut block = [0u8; 64];
+    let mut block = [b' '; 64];
     let block = match <&[u8; 64]>::try_from(chunk) {
         Ok(full) => full,
         Err(_) => {
@@ -44,15 +41,21 @@ fn mark_bits(chunk: &[u8]) -> u64 {
             &block
         }
     };
-    let (quote, backslash) = (u8x16::splat(b'"'), u8x16::splat(b'\\'));
-    block
-        .chunks_exact(16)
-        .enumerate()
-        .fold(0, |bits, (k, lane)| {
+    let (quote, backslash, last_control) =
+        (u8x16::splat(b'"'), u8x16::splat(b'\\'), u8x16::splat(0x1f));
+    let (bits, low) = block.chunks_exact(16).enumerate().fold(
+        (0, u8x16::splat(0xff)),
+        |(bits, low), (k, lane)| {
             let v = u8x16::new(lane.try_into().unwrap_or([0; 16]));
             let hits = v.simd_eq(quote) | v.simd_eq(backslash);
-            bits | (u64::from(hits.to_bitmask()) << (16 * k))
-        })
+            (
+                bits | (u64::from(hits.to_bitmask()) << (16 * k)),
+                low.min(v),
+            )
+        },
+    );
+    // Some byte is a control character exactly when the smallest byte is at most 0x1f.
+    (bits, low.min(last_control).simd_eq(low).any())
 }
 
 impl<'a> Scan<'a> {
@@ -62,10 +65,18 @@ impl<'a> Scan<'a> {
     /// (the method meeting it answers `None`).
     pub fn new(text: &'a str) -> Option<Self> {
         let b = text.as_bytes();
-        if has_control(b) {
+        let mut control = false;
+        let marks = b
+            .chunks(64)
+            .map(|chunk| {
+                let (bits, c) = mark_bits(chunk);
+                control |= c;
+                bits
+            })
+            .collect();
+        if control {
             return None;
         }
-        let marks = b.chunks(64).map(mark_bits).collect();
         Some(Scan {
             text,
             b,
