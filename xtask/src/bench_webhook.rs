@@ -10,7 +10,8 @@
 //! and checks the targets: throughput >= 0.8x the floor, p99 <= 2x the floor's, RSS <= 20 MiB.
 //!
 //! Needs `oha` (`cargo install oha --locked`, about 4.5 minutes on 2 cores). `KMM_BENCH_DURATION` (per run, default
-//! `5s`), `KMM_BENCH_ROUNDS` (default 3) and `KMM_BENCH_CONCURRENCY` (default 64) override the load.
+//! `5s`), `KMM_BENCH_ROUNDS` (default 5: on these 2-core machines one round's ratio varies by +-0.1) and
+//! `KMM_BENCH_CONCURRENCY` (default 64) override the load.
 
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
@@ -313,7 +314,7 @@ pub fn run() -> Result<()> {
         .ok()
         .and_then(|r| r.parse().ok())
         .filter(|r| *r > 0)
-        .unwrap_or(3);
+        .unwrap_or(5);
     let mut cases = Vec::new();
     for (i, (name, path, body)) in bodies.iter().enumerate() {
         let file = work.join(format!("body-{i}.json"));
