@@ -11,7 +11,7 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, IntoDeserializer as _, Visitor};
 
-use super::{MAX_DEPTH, Scan, literal, number};
+use super::{MAX_DEPTH, Scan, number};
 
 /// The value is not one this reader decodes (serde_json's answer, value or error, is needed).
 #[derive(Debug)]
@@ -67,18 +67,17 @@ impl<'a> De<'_, 'a> {
     }
 
     fn null(&mut self) -> Result<()> {
-        self.s.i = literal(self.s.b, self.s.i, b"null").ok_or(Declined)?;
-        Ok(())
+        match self.s.null() {
+            Some(true) => Ok(()),
+            _ => Err(Declined),
+        }
     }
 
     fn bool(&mut self) -> Result<bool> {
-        let (word, value): (&[u8], bool) = match self.peek()? {
-            b't' => (b"true", true),
-            b'f' => (b"false", false),
-            _ => return Err(Declined),
-        };
-        self.s.i = literal(self.s.b, self.s.i, word).ok_or(Declined)?;
-        Ok(value)
+        match self.s.opt_bool() {
+            Some(Some(b)) => Ok(b),
+            _ => Err(Declined),
+        }
     }
 
     fn int(&mut self) -> Result<Int> {
@@ -112,12 +111,31 @@ impl<'a> De<'_, 'a> {
         Ok(int)
     }
 
-    fn nest<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
-        if self.depth >= MAX_DEPTH {
+    /// An array (`open` = `[`) or an object (`{`), its members read by `visit`. A visitor may stop before the end
+    /// (a struct read from an array): serde_json then wants the closing bracket.
+    fn container<T>(
+        &mut self,
+        open: u8,
+        visit: impl FnOnce(&mut Members<'_, '_, 'a>) -> Result<T>,
+    ) -> Result<T> {
+        if self.peek()? != open || self.depth >= MAX_DEPTH {
             return Err(Declined);
         }
+        self.s.i += 1;
         self.depth += 1;
-        let out = f(self);
+        let mut members = Members {
+            de: self,
+            // `]` and `}` are two code points after `[` and `{`.
+            close: open + 2,
+            first: true,
+            ended: false,
+        };
+        let out = visit(&mut members).and_then(|value| {
+            if !members.ended {
+                members.de.eat(members.close)?;
+            }
+            Ok(value)
+        });
         self.depth -= 1;
         out
     }
@@ -247,23 +265,7 @@ impl<'de> de::Deserializer<'de> for &mut De<'_, 'de> {
     }
 
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        if self.peek()? != b'[' {
-            return Err(Declined);
-        }
-        self.nest(|de| {
-            de.eat(b'[')?;
-            let mut seq = Seq {
-                de,
-                first: true,
-                ended: false,
-            };
-            let value = visitor.visit_seq(&mut seq)?;
-            // A visitor may stop before the end (a struct read from an array): serde_json then wants the `]`.
-            if !seq.ended {
-                seq.de.eat(b']')?;
-            }
-            Ok(value)
-        })
+        self.container(b'[', |members| visitor.visit_seq(members))
     }
 
     fn deserialize_tuple<V: Visitor<'de>>(self, _len: usize, visitor: V) -> Result<V::Value> {
@@ -280,22 +282,7 @@ impl<'de> de::Deserializer<'de> for &mut De<'_, 'de> {
     }
 
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        if self.peek()? != b'{' {
-            return Err(Declined);
-        }
-        self.nest(|de| {
-            de.eat(b'{')?;
-            let mut map = Map {
-                de,
-                first: true,
-                ended: false,
-            };
-            let value = visitor.visit_map(&mut map)?;
-            if !map.ended {
-                map.de.eat(b'}')?;
-            }
-            Ok(value)
-        })
+        self.container(b'{', |members| visitor.visit_map(members))
     }
 
     /// serde_json reads a struct from an object or an array.
@@ -337,60 +324,54 @@ impl<'de> de::Deserializer<'de> for &mut De<'_, 'de> {
     }
 }
 
-/// The elements of an array, after its `[`.
-struct Seq<'d, 's, 'a> {
+/// The members of an array or an object, after its opening bracket.
+struct Members<'d, 's, 'a> {
     de: &'d mut De<'s, 'a>,
+    /// The closing bracket.
+    close: u8,
     first: bool,
     ended: bool,
 }
 
-impl<'de> de::SeqAccess<'de> for Seq<'_, '_, 'de> {
-    type Error = Declined;
-
-    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>> {
+impl Members<'_, '_, '_> {
+    /// Moves to the next member: `false` at the closing bracket (consumed), and from then on.
+    fn next(&mut self) -> Result<bool> {
         if self.ended {
-            return Ok(None);
+            return Ok(false);
         }
         match self.de.peek()? {
-            b']' => {
+            c if c == self.close => {
                 self.de.s.i += 1;
                 self.ended = true;
-                return Ok(None);
+                return Ok(false);
             }
             b',' if !self.first => self.de.s.i += 1,
             _ if self.first => {}
             _ => return Err(Declined),
         }
         self.first = false;
+        Ok(true)
+    }
+}
+
+impl<'de> de::SeqAccess<'de> for Members<'_, '_, 'de> {
+    type Error = Declined;
+
+    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>> {
+        if !self.next()? {
+            return Ok(None);
+        }
         seed.deserialize(&mut *self.de).map(Some)
     }
 }
 
-/// The members of an object, after its `{`.
-struct Map<'d, 's, 'a> {
-    de: &'d mut De<'s, 'a>,
-    first: bool,
-    ended: bool,
-}
-
-impl<'de> de::MapAccess<'de> for Map<'_, '_, 'de> {
+impl<'de> de::MapAccess<'de> for Members<'_, '_, 'de> {
     type Error = Declined;
 
     fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>> {
-        if self.ended {
+        if !self.next()? {
             return Ok(None);
         }
-        match self.de.peek()? {
-            b'}' => {
-                self.de.s.i += 1;
-                self.ended = true;
-                return Ok(None);
-            }
-            b',' if !self.first => self.de.s.i += 1,
-            _ if self.first => {}
-            _ => return Err(Declined),
-        }
-        self.first = false;
         let key = self.de.str()?;
         self.de.eat(b':')?;
         seed.deserialize(Key(key)).map(Some)
