@@ -35,6 +35,35 @@ impl SharedText {
     }
 }
 
+/// Where text made of plain bytes and [`SharedText`]s is written: a `Vec<u8>` (the text itself) or an
+/// [`Encoder`] (its base64, shared texts copied from their precomputed base64).
+pub trait Sink {
+    /// The buffer plain bytes are written to.
+    fn buf(&mut self) -> &mut Vec<u8>;
+    /// Writes a shared text.
+    fn shared(&mut self, text: &SharedText);
+}
+
+impl Sink for Vec<u8> {
+    fn buf(&mut self) -> &mut Vec<u8> {
+        self
+    }
+
+    fn shared(&mut self, text: &SharedText) {
+        self.extend_from_slice(text.as_str().as_bytes());
+    }
+}
+
+impl Sink for Encoder<'_> {
+    fn buf(&mut self) -> &mut Vec<u8> {
+        &mut self.pending
+    }
+
+    fn shared(&mut self, text: &SharedText) {
+        self.push_shared(text);
+    }
+}
+
 /// Writes base64 (standard alphabet, padded) of the bytes pushed, at the end of `out`.
 pub struct Encoder<'a> {
     out: &'a mut Vec<u8>,
@@ -49,16 +78,6 @@ impl<'a> Encoder<'a> {
             out,
             pending: Vec::with_capacity(512),
         }
-    }
-
-    /// The buffer of bytes to encode, to write into.
-    pub fn buf(&mut self) -> &mut Vec<u8> {
-        &mut self.pending
-    }
-
-    /// Appends bytes.
-    pub fn push(&mut self, bytes: &[u8]) {
-        self.pending.extend_from_slice(bytes);
     }
 
     /// Appends a shared text, copying its precomputed encoding.
@@ -110,11 +129,11 @@ mod tests {
                             let (s1, s2) = (SharedText::new(shared), SharedText::new(shared2));
                             let mut out = b"x".to_vec();
                             let mut e = Encoder::new(&mut out);
-                            e.push(prefix.as_bytes());
+                            e.buf().extend_from_slice(prefix.as_bytes());
                             e.push_shared(&s1);
                             e.buf().extend_from_slice(middle.as_bytes());
                             e.push_shared(&s2);
-                            e.push(suffix.as_bytes());
+                            e.buf().extend_from_slice(suffix.as_bytes());
                             e.finish();
                             let whole = format!("{prefix}{shared}{middle}{shared2}{suffix}");
                             let want =

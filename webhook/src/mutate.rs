@@ -45,7 +45,7 @@ use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::b64::{Encoder, SharedText};
+use crate::b64::{Encoder, SharedText, Sink};
 use crate::catalog::Catalog;
 use crate::scan::{Scan, once};
 
@@ -787,38 +787,20 @@ enum Json {
 }
 
 impl Json {
-    /// Writes the text to `out`.
-    fn write_to(&self, out: &mut Vec<u8>) {
+    /// Writes the text (or, to an [`Encoder`], its base64).
+    fn write(&self, out: &mut impl Sink) {
         match self {
-            Json::Owned(s) => out.extend_from_slice(s.as_bytes()),
-            Json::Shared(s) => out.extend_from_slice(s.as_str().as_bytes()),
+            Json::Owned(s) => out.buf().extend_from_slice(s.as_bytes()),
+            Json::Shared(s) => out.shared(s),
             Json::Array(items) => {
-                out.push(b'[');
+                out.buf().push(b'[');
                 for (i, item) in items.iter().enumerate() {
                     if i > 0 {
-                        out.push(b',');
+                        out.buf().push(b',');
                     }
-                    item.write_to(out);
+                    item.write(out);
                 }
-                out.push(b']');
-            }
-        }
-    }
-
-    /// Writes the text to a base64 encoder, shared texts from their precomputed base64.
-    fn encode(&self, e: &mut Encoder<'_>) {
-        match self {
-            Json::Owned(s) => e.push(s.as_bytes()),
-            Json::Shared(s) => e.push_shared(s),
-            Json::Array(items) => {
-                e.push(b"[");
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        e.push(b",");
-                    }
-                    item.encode(e);
-                }
-                e.push(b"]");
+                out.buf().push(b']');
             }
         }
     }
@@ -858,7 +840,7 @@ impl AddOp {
     /// The value, as JSON text.
     pub fn value(&self) -> String {
         let mut out = Vec::with_capacity(self.value.len());
-        self.value.write_to(&mut out);
+        self.value.write(&mut out);
         String::from_utf8(out).unwrap_or_default()
     }
 }
@@ -883,24 +865,8 @@ pub struct Patch(pub Vec<AddOp>);
 impl Patch {
     /// The patch document, as JSON: written directly, the values being JSON text already.
     pub fn to_json(&self) -> Vec<u8> {
-        let len: usize = self
-            .0
-            .iter()
-            .map(|op| op.value.len() + op.path.len() + 40)
-            .sum();
-        let mut out = Vec::with_capacity(len + 2);
-        out.push(b'[');
-        for (i, op) in self.0.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(b"{\"op\":\"add\",\"path\":");
-            crate::review::push_json_str(&mut out, &op.path);
-            out.extend_from_slice(b",\"value\":");
-            op.value.write_to(&mut out);
-            out.push(b'}');
-        }
-        out.push(b']');
+        let mut out = Vec::with_capacity(self.json_len());
+        self.write(&mut out);
         out
     }
 
@@ -908,20 +874,25 @@ impl Patch {
     /// precomputed base64, only the rest is encoded.
     pub fn to_base64(&self, out: &mut Vec<u8>) {
         let mut e = Encoder::new(out);
-        e.push(b"[");
+        self.write(&mut e);
+        e.finish();
+    }
+
+    /// Writes the patch document.
+    fn write(&self, out: &mut impl Sink) {
+        out.buf().push(b'[');
         for (i, op) in self.0.iter().enumerate() {
-            let buf = e.buf();
+            let buf = out.buf();
             if i > 0 {
                 buf.push(b',');
             }
             buf.extend_from_slice(b"{\"op\":\"add\",\"path\":");
             crate::review::push_json_str(buf, &op.path);
             buf.extend_from_slice(b",\"value\":");
-            op.value.encode(&mut e);
-            e.push(b"}");
+            op.value.write(out);
+            out.buf().push(b'}');
         }
-        e.push(b"]");
-        e.finish();
+        out.buf().push(b']');
     }
 
     /// Length of [`Patch::to_json`], at most.
