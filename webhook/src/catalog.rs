@@ -38,6 +38,19 @@ pub fn advertised(m: &Module) -> Option<String> {
         .map(|d| devices::resource_name(m.namespace_or_empty(), m.name_or_empty(), Some(d)))
 }
 
+/// The Modules by the resource they advertise.
+pub fn resource_index(
+    modules: impl IntoIterator<Item = Arc<Module>>,
+) -> HashMap<String, Vec<Arc<Module>>> {
+    let mut by_resource: HashMap<String, Vec<Arc<Module>>> = HashMap::new();
+    for m in modules {
+        if let Some(resource) = advertised(&m) {
+            by_resource.entry(resource).or_default().push(m);
+        }
+    }
+    by_resource
+}
+
 /// A fixed set of Modules, by namespace then name (looked up without building a key), with an index of the
 /// resources they advertise (a pod requesting one is not compared with every Module).
 #[derive(Clone, Debug, Default)]
@@ -62,12 +75,7 @@ impl StaticCatalog {
                 .or_default()
                 .insert(name, Arc::new(m));
         }
-        let mut by_resource: HashMap<String, Vec<Arc<Module>>> = HashMap::new();
-        for m in by_namespace.values().flat_map(BTreeMap::values) {
-            if let Some(resource) = advertised(m) {
-                by_resource.entry(resource).or_default().push(Arc::clone(m));
-            }
-        }
+        let by_resource = resource_index(by_namespace.values().flat_map(BTreeMap::values).cloned());
         Self {
             modules: by_namespace,
             by_resource,

@@ -10,7 +10,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client};
 
-use super::{Catalog, advertised};
+use super::{Catalog, resource_index};
 use crate::watch::Shutdown;
 
 /// The reflector's store, with an index of the resources the Modules advertise, rebuilt on first use after the
@@ -47,12 +47,7 @@ impl Catalog for KubeCatalog {
         {
             return index.by_resource.get(resource).cloned().unwrap_or_default();
         }
-        let mut by_resource: HashMap<String, Vec<Arc<Module>>> = HashMap::new();
-        for m in self.store.state() {
-            if let Some(r) = advertised(&m) {
-                by_resource.entry(r).or_default().push(m);
-            }
-        }
+        let by_resource = resource_index(self.store.state());
         let found = by_resource.get(resource).cloned().unwrap_or_default();
         if let Ok(mut index) = self.index.write() {
             *index = ResourceIndex {
